@@ -1,0 +1,88 @@
+//! Logs (tracing, pretty or JSON) and the Prometheus metrics registry with its scrape-time gauges.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for command output.
+pub fn init_logging(config: &LogConfig) {
+    let filter = EnvFilter::builder().parse_lossy(&config.level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Latency buckets in seconds: fine below 10 ms, where MLLP ACKs and reads by id live.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide metrics registry (installed on first use).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    STARTED.get_or_init(Instant::now);
+    RECORDER.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("bucket list is non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; the handle still renders our registry then.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+pub fn uptime_seconds() -> f64 {
+    STARTED.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// Refreshes gauges that are read from elsewhere (pool figures, queue depths) right before a scrape.
+pub async fn refresh_scrape_gauges(store: &store::Store) {
+    metrics::gauge!("process_uptime_seconds").set(uptime_seconds());
+    for pool in store.pool_stats() {
+        metrics::gauge!("db_pool_connections", "pool" => pool.name, "state" => "idle")
+            .set(f64::from(pool.idle));
+        metrics::gauge!("db_pool_connections", "pool" => pool.name, "state" => "busy")
+            .set(f64::from(pool.size.saturating_sub(pool.idle)));
+        metrics::gauge!("db_pool_max_connections", "pool" => pool.name).set(f64::from(pool.max));
+    }
+    let counts = tokio::time::timeout(std::time::Duration::from_secs(2), store.job_counts()).await;
+    match counts {
+        Ok(Ok(counts)) => {
+            metrics::gauge!("db_up").set(1.0);
+            // Zero every known series first so a drained queue shows 0 instead of its last value.
+            for queue in KNOWN_QUEUES.lock().expect("queue list").iter() {
+                for state in ["ready", "leased", "dead"] {
+                    metrics::gauge!("jobs", "queue" => queue.clone(), "state" => state).set(0.0);
+                }
+            }
+            for c in counts {
+                KNOWN_QUEUES
+                    .lock()
+                    .expect("queue list")
+                    .insert(c.queue.clone());
+                metrics::gauge!("jobs", "queue" => c.queue, "state" => c.state.as_str())
+                    .set(c.count as f64);
+            }
+        }
+        _ => metrics::gauge!("db_up").set(0.0),
+    }
+}
+
+static KNOWN_QUEUES: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());

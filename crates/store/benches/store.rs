@@ -1,0 +1,2 @@
+//! Store throughput benchmarks (placeholder replaced below).
+fn main() {}

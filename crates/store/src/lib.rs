@@ -1,0 +1,313 @@
+//! Persistence for sdoh-gateway: FHIR resources with complete history, and a durable job queue, on SQLite or PostgreSQL.
+//!
+//! The backend is chosen by the database URL. SQLite (embedded default) gets one writer connection and a pool of
+//! readers, so writers queue in-process instead of failing with `SQLITE_BUSY`; PostgreSQL gets one shared pool and
+//! claims jobs with `FOR UPDATE SKIP LOCKED`, so any number of gateway replicas can share one database.
+
+mod error;
+mod jobs;
+mod resources;
+mod time;
+mod tx;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::Notify;
+
+pub use error::{Result, StoreError};
+pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
+pub use resources::{
+    HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id,
+};
+pub use time::{Timestamp, format_instant};
+pub use tx::StoreTx;
+
+/// Which database engine a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+impl BackendKind {
+    /// The backend a database URL selects, or an error naming what is wrong with it.
+    pub fn from_url(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(BackendKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(BackendKind::Postgres)
+        } else {
+            Err(StoreError::InvalidUrl(
+                "expected a URL starting with sqlite: or postgres:// (postgresql://)".into(),
+            ))
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// SQLite durability level for commits. `Full` survives power loss; `Normal` survives a process crash only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteDurability {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    /// Connections per pool (for SQLite: readers; there is always exactly one writer).
+    pub max_connections: u32,
+    /// Bound on the initial connection, so a missing database fails start-up instead of hanging it.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for a pooled connection at run time.
+    pub acquire_timeout: Duration,
+    pub sqlite_durability: SqliteDurability,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreOptions {
+            url: url.into(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_durability: SqliteDurability::Full,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Pools {
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+#[derive(Debug)]
+struct Inner {
+    pools: Pools,
+    /// Wakes local workers when a job is committed, so they need not wait for their next poll.
+    job_notify: Notify,
+}
+
+/// A handle to the database; cheap to clone and share between tasks.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Connection pool figures for the metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub name: &'static str,
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+impl Store {
+    /// Opens the database named by `options.url`, creating an SQLite file (and its folder) if missing.
+    /// Does not migrate; call [`Store::migrate`].
+    pub async fn connect(options: &StoreOptions) -> Result<Store> {
+        let pools = match BackendKind::from_url(&options.url)? {
+            BackendKind::Sqlite => connect_sqlite(options).await?,
+            BackendKind::Postgres => connect_postgres(options).await?,
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pools,
+                job_notify: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        match self.inner.pools {
+            Pools::Sqlite { .. } => BackendKind::Sqlite,
+            Pools::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    pub(crate) fn pools(&self) -> &Pools {
+        &self.inner.pools
+    }
+
+    /// Brings the schema up to date. Safe to run from several replicas at once on PostgreSQL (sqlx takes an
+    /// advisory lock) and on every start.
+    pub async fn migrate(&self) -> Result<()> {
+        let outcome = match &self.inner.pools {
+            Pools::Sqlite { write, .. } => sqlx::migrate!("./migrations/sqlite").run(write).await,
+            Pools::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
+        };
+        outcome.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => match StoreError::from(inner) {
+                StoreError::Unavailable(why) => StoreError::Unavailable(why),
+                other => StoreError::Migration(other.to_string()),
+            },
+            other => StoreError::Migration(other.to_string()),
+        })
+    }
+
+    /// A round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        match &self.inner.pools {
+            Pools::Sqlite { read, write } => {
+                sqlx::query("SELECT 1").execute(read).await?;
+                // The writer is what ingest depends on; a wedged writer means not ready.
+                sqlx::query("SELECT 1").execute(write).await?;
+            }
+            Pools::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        fn stats<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
+            PoolStats {
+                name,
+                size: pool.size(),
+                idle: pool.num_idle() as u32,
+                max: pool.options().get_max_connections(),
+            }
+        }
+        match &self.inner.pools {
+            Pools::Sqlite { read, write } => vec![stats("read", read), stats("write", write)],
+            Pools::Postgres(pool) => vec![stats("main", pool)],
+        }
+    }
+
+    /// Closes every connection after in-flight queries finish.
+    pub async fn close(&self) {
+        match &self.inner.pools {
+            Pools::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// Starts a write transaction. Everything written through it, resources and jobs alike, commits or rolls back as one.
+    pub async fn begin(&self) -> Result<StoreTx> {
+        StoreTx::begin(self).await
+    }
+
+    pub(crate) fn notify_jobs(&self) {
+        self.inner.job_notify.notify_waiters();
+    }
+
+    /// Resolves when a job is enqueued through this handle (or a clone), or never; pair with a poll interval.
+    pub async fn job_enqueued(&self) {
+        self.inner.job_notify.notified().await
+    }
+}
+
+async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
+    let base = SqliteConnectOptions::from_str(&options.url)
+        .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match options.sqlite_durability {
+            SqliteDurability::Full => SqliteSynchronous::Full,
+            SqliteDurability::Normal => SqliteSynchronous::Normal,
+        })
+        .foreign_keys(true)
+        .busy_timeout(options.acquire_timeout)
+        .pragma("temp_store", "memory")
+        .pragma("cache_size", "-16000");
+    let path = base.get_filename();
+    if path != std::path::Path::new(":memory:")
+        && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
+    let connect = async {
+        // The writer is opened first: it creates the file and switches it to WAL before readers attach.
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok::<_, sqlx::Error>(Pools::Sqlite { read, write })
+    };
+    match tokio::time::timeout(options.connect_timeout, connect).await {
+        Ok(result) => result.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no connection within {:?}",
+            options.connect_timeout
+        ))),
+    }
+}
+
+async fn connect_postgres(options: &StoreOptions) -> Result<Pools> {
+    let connect_options = PgConnectOptions::from_str(&options.url)
+        .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+    let connect = PgPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .min_connections(1)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect_options);
+    match tokio::time::timeout(options.connect_timeout, connect).await {
+        Ok(result) => Ok(Pools::Postgres(result.map_err(StoreError::from)?)),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no connection within {:?}",
+            options.connect_timeout
+        ))),
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the pool that serves reads, whichever the backend.
+macro_rules! with_read_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store.pools() {
+            $crate::Pools::Sqlite { read: $pool, .. } => $body,
+            $crate::Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the pool that serves writes, whichever the backend.
+macro_rules! with_write_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store.pools() {
+            $crate::Pools::Sqlite { write: $pool, .. } => $body,
+            $crate::Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+pub(crate) use {with_read_pool, with_write_pool};
+
+/// Raw statements for tests and tools that set up databases (schemas, fixtures). Not for request paths.
+pub mod testing {
+    use crate::{Result, Store};
+
+    pub async fn execute(store: &Store, sql: &str) -> Result<u64> {
+        with_write_pool!(store, pool => Ok(sqlx::raw_sql(sql).execute(pool).await?.rows_affected()))
+    }
+}

@@ -1,0 +1,411 @@
+//! Generic FHIR resource storage: the current version of each resource plus every version in history.
+
+use serde_json::Value;
+use sqlx::Row;
+
+use crate::time::{Timestamp, format_instant};
+use crate::tx::{StoreTx, TxInner, with_tx_conn};
+use crate::{Result, Store, StoreError, with_read_pool};
+
+/// What a write expects to find, for optimistic concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there (last writer wins, but each write is still a new version).
+    None,
+    /// Create only: fail with [`StoreError::AlreadyExists`] if a live version exists.
+    MustNotExist,
+    /// Update only if the current version is exactly this one; otherwise [`StoreError::VersionConflict`].
+    Version(i64),
+}
+
+/// One stored version of a resource. `content` is the resource's JSON with `id` and `meta` set; `None` when deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: Timestamp,
+    pub deleted: bool,
+    pub content: Option<String>,
+}
+
+/// A version in history, with its position in the system-wide write order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub seq: i64,
+    pub resource: StoredResource,
+}
+
+/// Which history to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub resource_type: Option<String>,
+    pub id: Option<String>,
+    /// Only versions written at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only versions written at or before this time.
+    pub until: Option<Timestamp>,
+    /// Paging cursor: only versions older than this `seq`.
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// The result of a successful write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub resource: StoredResource,
+    /// True when there was no live version before (a create, or a re-create after delete).
+    pub created: bool,
+}
+
+/// FHIR `id`: 1-64 characters from `[A-Za-z0-9\-\.]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn is_valid_type(resource_type: &str) -> bool {
+    let mut bytes = resource_type.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_uppercase()) && bytes.all(|b| b.is_ascii_alphanumeric())
+}
+
+struct Current {
+    version_id: i64,
+    last_updated: i64,
+    deleted: bool,
+}
+
+fn row_to_resource<R: Row>(row: &R) -> Result<StoredResource>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredResource {
+        resource_type: row.try_get("resource_type")?,
+        id: row.try_get("id")?,
+        version_id: row.try_get("version_id")?,
+        last_updated: Timestamp(row.try_get("last_updated_us")?),
+        deleted: row.try_get("deleted")?,
+        content: row.try_get("content")?,
+    })
+}
+
+const SELECT_COLUMNS: &str = "resource_type, id, version_id, last_updated_us, deleted, content";
+
+impl StoreTx {
+    async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>> {
+        let sql = match self.inner {
+            TxInner::Sqlite(_) => {
+                "SELECT version_id, last_updated_us, deleted FROM resources WHERE resource_type = $1 AND id = $2"
+            }
+            // Row lock: concurrent writers to one resource serialize here and the loser sees the new version.
+            TxInner::Postgres(_) => {
+                "SELECT version_id, last_updated_us, deleted FROM resources WHERE resource_type = $1 AND id = $2 FOR UPDATE"
+            }
+        };
+        let row = with_tx_conn!(self, conn => {
+            let row = sqlx::query(sql).bind(resource_type).bind(id).fetch_optional(&mut *conn).await?;
+            match row {
+                Some(row) => Some(Current {
+                    version_id: row.try_get("version_id")?,
+                    last_updated: row.try_get("last_updated_us")?,
+                    deleted: row.try_get("deleted")?,
+                }),
+                None => None,
+            }
+        });
+        Ok(row)
+    }
+
+    /// Reads the current version inside this transaction (sees this transaction's own writes).
+    pub async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        let sql =
+            format!("SELECT {SELECT_COLUMNS} FROM resources WHERE resource_type = $1 AND id = $2");
+        with_tx_conn!(self, conn => {
+            match sqlx::query(&sql).bind(resource_type).bind(id).fetch_optional(&mut *conn).await? {
+                Some(row) => Ok(Some(row_to_resource(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Writes a new version of `resource` (which must carry `resourceType` and `id`), setting `meta.versionId` and
+    /// `meta.lastUpdated`, and appends it to history.
+    pub async fn put(
+        &mut self,
+        mut resource: Value,
+        precondition: Precondition,
+    ) -> Result<Written> {
+        let resource_type = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .filter(|t| is_valid_type(t))
+            .ok_or_else(|| StoreError::Invalid("resource has no valid resourceType".into()))?
+            .to_owned();
+        let id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| is_valid_id(id))
+            .ok_or_else(|| StoreError::Invalid("resource has no valid id".into()))?
+            .to_owned();
+        let current = self.current(&resource_type, &id).await?;
+        check_precondition(&resource_type, &id, current.as_ref(), precondition)?;
+        let version_id = current.as_ref().map_or(1, |c| c.version_id + 1);
+        let last_updated = next_timestamp(current.as_ref());
+        let meta = resource
+            .as_object_mut()
+            .ok_or_else(|| StoreError::Invalid("resource is not a JSON object".into()))?
+            .entry("meta")
+            .or_insert_with(|| Value::Object(Default::default()));
+        let Some(meta) = meta.as_object_mut() else {
+            return Err(StoreError::Invalid("meta is not a JSON object".into()));
+        };
+        meta.insert("versionId".into(), Value::String(version_id.to_string()));
+        meta.insert(
+            "lastUpdated".into(),
+            Value::String(format_instant(last_updated)),
+        );
+        let content =
+            serde_json::to_string(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let created = current.as_ref().is_none_or(|c| c.deleted);
+        self.write_version(
+            &resource_type,
+            &id,
+            version_id,
+            last_updated,
+            current.is_some(),
+            Some(&content),
+        )
+        .await?;
+        Ok(Written {
+            resource: StoredResource {
+                resource_type,
+                id,
+                version_id,
+                last_updated,
+                deleted: false,
+                content: Some(content),
+            },
+            created,
+        })
+    }
+
+    /// Logically deletes a resource: a new version marked deleted. Returns `None` when there was nothing live to delete.
+    pub async fn delete(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        precondition: Precondition,
+    ) -> Result<Option<StoredResource>> {
+        let current = self.current(resource_type, id).await?;
+        check_precondition(resource_type, id, current.as_ref(), precondition)?;
+        let Some(live) = current.as_ref().filter(|c| !c.deleted) else {
+            return Ok(None);
+        };
+        let version_id = live.version_id + 1;
+        let last_updated = next_timestamp(current.as_ref());
+        self.write_version(resource_type, id, version_id, last_updated, true, None)
+            .await?;
+        Ok(Some(StoredResource {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version_id,
+            last_updated,
+            deleted: true,
+            content: None,
+        }))
+    }
+
+    async fn write_version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+        last_updated: Timestamp,
+        exists: bool,
+        content: Option<&str>,
+    ) -> Result<()> {
+        let deleted = content.is_none();
+        let upsert = if exists {
+            "UPDATE resources SET version_id = $3, last_updated_us = $4, deleted = $5, content = $6 \
+             WHERE resource_type = $1 AND id = $2"
+        } else {
+            "INSERT INTO resources (resource_type, id, version_id, last_updated_us, deleted, content) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        };
+        let history = "INSERT INTO resource_history (resource_type, id, version_id, last_updated_us, deleted, content) \
+                       VALUES ($1, $2, $3, $4, $5, $6)";
+        let outcome: std::result::Result<(), sqlx::Error> = with_tx_conn!(self, conn => {
+            async {
+                for sql in [upsert, history] {
+                    sqlx::query(sql)
+                        .bind(resource_type)
+                        .bind(id)
+                        .bind(version_id)
+                        .bind(last_updated.micros())
+                        .bind(deleted)
+                        .bind(content)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+            .await
+        });
+        match outcome {
+            Ok(()) => Ok(()),
+            // Two transactions created the same new id at once; the loser sees a conflict, never a duplicate.
+            Err(e) if StoreError::is_unique_violation(&e) => Err(StoreError::VersionConflict {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+                expected: if exists {
+                    (version_id - 1).to_string()
+                } else {
+                    "none".into()
+                },
+                current: "a concurrent write".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn check_precondition(
+    resource_type: &str,
+    id: &str,
+    current: Option<&Current>,
+    precondition: Precondition,
+) -> Result<()> {
+    let live = current.filter(|c| !c.deleted);
+    match precondition {
+        Precondition::None => Ok(()),
+        Precondition::MustNotExist if live.is_some() => Err(StoreError::AlreadyExists {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+        }),
+        Precondition::MustNotExist => Ok(()),
+        Precondition::Version(expected) => match current {
+            Some(c) if c.version_id == expected => Ok(()),
+            other => Err(StoreError::VersionConflict {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+                expected: expected.to_string(),
+                current: other.map_or_else(|| "none".into(), |c| c.version_id.to_string()),
+            }),
+        },
+    }
+}
+
+/// Now, but never at or before the previous version's time, so versions of one resource order by time too.
+fn next_timestamp(current: Option<&Current>) -> Timestamp {
+    let now = Timestamp::now().micros();
+    Timestamp(current.map_or(now, |c| now.max(c.last_updated + 1)))
+}
+
+impl Store {
+    /// The current version (possibly a deletion tombstone), or `None` if the resource never existed.
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        const SQL: &str = "SELECT resource_type, id, version_id, last_updated_us, deleted, content \
+                           FROM resources WHERE resource_type = $1 AND id = $2";
+        with_read_pool!(self, pool => {
+            match sqlx::query(SQL).bind(resource_type).bind(id).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(row_to_resource(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// One specific version from history.
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> Result<Option<StoredResource>> {
+        const SQL: &str = "SELECT resource_type, id, version_id, last_updated_us, deleted, content \
+                           FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3";
+        with_read_pool!(self, pool => {
+            match sqlx::query(SQL).bind(resource_type).bind(id).bind(version_id).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(row_to_resource(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// History newest first: of one resource, one type, or the whole system.
+    pub async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        let mut sql = format!("SELECT seq, {SELECT_COLUMNS} FROM resource_history WHERE 1 = 1");
+        let mut texts: Vec<&str> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if let Some(t) = &query.resource_type {
+            sql += &format!(" AND resource_type = ${}", next());
+            texts.push(t);
+        }
+        if let Some(id) = &query.id {
+            sql += &format!(" AND id = ${}", next());
+            texts.push(id);
+        }
+        for (op, value) in [
+            (">=", query.since.map(Timestamp::micros)),
+            ("<=", query.until.map(Timestamp::micros)),
+        ] {
+            if let Some(v) = value {
+                sql += &format!(" AND last_updated_us {op} ${}", next());
+                numbers.push(v);
+            }
+        }
+        if let Some(cursor) = query.before_seq {
+            sql += &format!(" AND seq < ${}", next());
+            numbers.push(cursor);
+        }
+        sql += &format!(" ORDER BY seq DESC LIMIT ${}", next());
+        numbers.push(i64::from(query.limit.max(1)));
+        with_read_pool!(self, pool => {
+            let mut q = sqlx::query(&sql);
+            for t in &texts {
+                q = q.bind(*t);
+            }
+            for v in &numbers {
+                q = q.bind(*v);
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok(HistoryEntry { seq: row.try_get("seq")?, resource: row_to_resource(row)? }))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_fhir_id_rule() {
+        assert!(is_valid_id("abc-123.X"));
+        assert!(is_valid_id(&"a".repeat(64)));
+        assert!(!is_valid_id(&"a".repeat(65)));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id("a b"));
+    }
+
+    #[test]
+    fn resource_types_are_capitalised_words() {
+        assert!(is_valid_type("Patient"));
+        assert!(!is_valid_type("patient"));
+        assert!(!is_valid_type("Pat-ient"));
+        assert!(!is_valid_type(""));
+    }
+}

@@ -1,0 +1,74 @@
+//! A write transaction: resources, history and queued jobs that commit or roll back together.
+
+use crate::{Pools, Result, Store};
+
+pub(crate) enum TxInner {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// One database transaction. Dropping it without [`StoreTx::commit`] rolls everything back.
+pub struct StoreTx {
+    pub(crate) store: Store,
+    pub(crate) inner: TxInner,
+    pub(crate) enqueued_jobs: bool,
+}
+
+impl StoreTx {
+    pub(crate) async fn begin(store: &Store) -> Result<StoreTx> {
+        let inner = match store.pools() {
+            // IMMEDIATE takes the write lock up front, so a read-then-write transaction never fails to upgrade.
+            Pools::Sqlite { write, .. } => {
+                TxInner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+        };
+        Ok(StoreTx {
+            store: store.clone(),
+            inner,
+            enqueued_jobs: false,
+        })
+    }
+
+    /// Makes every write durable (per the backend's durability settings) and wakes local workers for new jobs.
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.commit().await?,
+            TxInner::Postgres(tx) => tx.commit().await?,
+        }
+        if self.enqueued_jobs {
+            self.store.notify_jobs();
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        match self.inner {
+            TxInner::Sqlite(tx) => tx.rollback().await?,
+            TxInner::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection, whichever the backend.
+macro_rules! with_tx_conn {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match &mut $tx.inner {
+            $crate::tx::TxInner::Sqlite(t) => {
+                let $conn: &mut sqlx::SqliteConnection = &mut *t;
+                $body
+            }
+            $crate::tx::TxInner::Postgres(t) => {
+                let $conn: &mut sqlx::PgConnection = &mut *t;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use with_tx_conn;
