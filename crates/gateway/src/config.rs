@@ -19,6 +19,8 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub workers: WorkersConfig,
+    pub mllp: MllpConfig,
+    pub ingest: IngestConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +90,87 @@ impl Default for GatewayConfig {
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             workers: WorkersConfig::default(),
+            mllp: MllpConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MllpConfig {
+    /// Whether the HL7 v2 MLLP listener runs.
+    pub enabled: bool,
+    /// Address the MLLP listener binds.
+    pub listen: SocketAddr,
+    /// Connections beyond this are accepted and closed at once.
+    pub max_connections: usize,
+    /// Largest frame accepted, in bytes; a larger one closes the connection.
+    pub max_frame_bytes: usize,
+    /// Longest from a frame's first byte to its end block, in seconds.
+    pub read_timeout_secs: u64,
+    /// Longest a connection may sit with no frame in progress, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Frames of one connection handled at once (pipelining); answers still go out in order.
+    pub max_in_flight_per_connection: usize,
+    /// TLS for MLLP (optional): PEM files; with `client_ca_file`, clients must present a certificate it signed.
+    pub tls: Option<MllpTlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl Default for MllpConfig {
+    fn default() -> Self {
+        MllpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 2575)),
+            max_connections: 256,
+            max_frame_bytes: 1024 * 1024,
+            read_timeout_secs: 30,
+            idle_timeout_secs: 300,
+            max_in_flight_per_connection: 64,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Message types accepted, as `TYPE^EVENT`; `TYPE^*` accepts every event of a type. Others get AR.
+    pub accepted_message_types: Vec<String>,
+    /// MSH-11 processing ids accepted (P production, D debugging, T training). Others get AR.
+    pub accepted_processing_ids: Vec<String>,
+    /// Most messages journaled in one transaction (group commit).
+    pub group_commit_max_batch: usize,
+    /// Journal transactions in flight at once; 0 chooses (1 for SQLite, which has one writer; 4 for PostgreSQL).
+    pub committers: usize,
+    /// This gateway's own application and facility names, sent as MSH-3/MSH-4 of its acknowledgments.
+    pub receiving_application: String,
+    pub receiving_facility: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            accepted_message_types: [
+                "ADT^A01", "ADT^A02", "ADT^A03", "ADT^A04", "ADT^A08", "ADT^A28", "ADT^A31", "ADT^A40", "ORU^R01",
+                "REF^I12", "REF^I14",
+            ]
+            .map(String::from)
+            .to_vec(),
+            accepted_processing_ids: ["P", "D", "T"].map(String::from).to_vec(),
+            group_commit_max_batch: 512,
+            committers: 0,
+            receiving_application: "SDOH-GATEWAY".into(),
+            receiving_facility: "SDOH-HUB".into(),
         }
     }
 }
@@ -116,28 +199,19 @@ impl Default for DatabaseConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info,sqlx=warn".into(),
-            format: LogFormat::Pretty,
-        }
+        LogConfig { level: "info,sqlx=warn".into(), format: LogFormat::Pretty }
     }
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig {
-            grace_period_secs: 30,
-        }
+        ShutdownConfig { grace_period_secs: 30 }
     }
 }
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig {
-            lease_secs: 60,
-            poll_interval_ms: 500,
-            max_attempts: 10,
-        }
+        WorkersConfig { lease_secs: 60, poll_interval_ms: 500, max_attempts: 10 }
     }
 }
 
@@ -156,6 +230,9 @@ pub struct Overrides {
     /// Log format, pretty or json; key log.format
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// MLLP (HL7 v2) listen address; key mllp.listen
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub mllp_listen: Option<String>,
 }
 
 /// A configuration problem, naming the key and the reason.
@@ -174,10 +251,8 @@ impl GatewayConfig {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<GatewayConfig, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(GatewayConfig::default()));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
             // Parse first so a syntax error reports the file and position, not a figment provider name.
             toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::File {
                 path: path.to_owned(),
@@ -191,28 +266,22 @@ impl GatewayConfig {
             ("http.listen", &overrides.http_listen),
             ("log.level", &overrides.log_level),
             ("log.format", &overrides.log_format),
+            ("mllp.listen", &overrides.mllp_listen),
         ] {
             if let Some(value) = value {
                 figment = figment.merge(Serialized::default(key, value));
             }
         }
-        let config: GatewayConfig = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        let config: GatewayConfig = figment.extract().map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        store::BackendKind::from_url(&self.database.url).map_err(|e| ConfigError::Invalid {
-            key: "database.url",
-            reason: e.to_string(),
-        })?;
+        store::BackendKind::from_url(&self.database.url)
+            .map_err(|e| ConfigError::Invalid { key: "database.url", reason: e.to_string() })?;
         if self.database.max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                key: "database.max_connections",
-                reason: "must be at least 1".into(),
-            });
+            return Err(ConfigError::Invalid { key: "database.max_connections", reason: "must be at least 1".into() });
         }
         if self.database.connect_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
@@ -222,27 +291,60 @@ impl GatewayConfig {
         }
         tracing_subscriber::EnvFilter::builder()
             .parse(&self.log.level)
-            .map_err(|e| ConfigError::Invalid {
-                key: "log.level",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ConfigError::Invalid { key: "log.level", reason: e.to_string() })?;
         if self.http.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                key: "http.max_body_bytes",
-                reason: "must be at least 1024".into(),
-            });
+            return Err(ConfigError::Invalid { key: "http.max_body_bytes", reason: "must be at least 1024".into() });
         }
         if self.workers.max_attempts < 1 {
+            return Err(ConfigError::Invalid { key: "workers.max_attempts", reason: "must be at least 1".into() });
+        }
+        if self.mllp.max_connections == 0 {
+            return Err(ConfigError::Invalid { key: "mllp.max_connections", reason: "must be at least 1".into() });
+        }
+        if self.mllp.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid { key: "mllp.max_frame_bytes", reason: "must be at least 1024".into() });
+        }
+        if self.mllp.max_in_flight_per_connection == 0 {
             return Err(ConfigError::Invalid {
-                key: "workers.max_attempts",
+                key: "mllp.max_in_flight_per_connection",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(tls) = &self.mllp.tls {
+            for (key, path) in [
+                ("mllp.tls.cert_file", Some(&tls.cert_file)),
+                ("mllp.tls.key_file", Some(&tls.key_file)),
+                ("mllp.tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path.filter(|p| !p.is_file()) {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        reason: format!("{} is not a readable file", path.display()),
+                    });
+                }
+            }
+        }
+        for pattern in &self.ingest.accepted_message_types {
+            let valid = pattern.split_once('^').is_some_and(|(t, e)| {
+                t.len() == 3
+                    && t.bytes().all(|b| b.is_ascii_uppercase())
+                    && (e == "*" || (!e.is_empty() && e.len() <= 3))
+            });
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    key: "ingest.accepted_message_types",
+                    reason: format!("{pattern:?} is not TYPE^EVENT (e.g. ADT^A01 or ADT^*)"),
+                });
+            }
+        }
+        if self.ingest.group_commit_max_batch == 0 {
+            return Err(ConfigError::Invalid {
+                key: "ingest.group_commit_max_batch",
                 reason: "must be at least 1".into(),
             });
         }
         if self.workers.lease_secs == 0 {
-            return Err(ConfigError::Invalid {
-                key: "workers.lease_secs",
-                reason: "must be at least 1".into(),
-            });
+            return Err(ConfigError::Invalid { key: "workers.lease_secs", reason: "must be at least 1".into() });
         }
         Ok(())
     }
@@ -251,17 +353,14 @@ impl GatewayConfig {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
-        toml::to_string_pretty(&shown)
-            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 
     pub fn store_options(&self) -> store::StoreOptions {
         let mut options = store::StoreOptions::new(self.database.url.clone());
         options.max_connections = self.database.max_connections;
-        options.connect_timeout =
-            std::time::Duration::from_secs(self.database.connect_timeout_secs);
-        options.acquire_timeout =
-            std::time::Duration::from_secs(self.database.acquire_timeout_secs.max(1));
+        options.connect_timeout = std::time::Duration::from_secs(self.database.connect_timeout_secs);
+        options.acquire_timeout = std::time::Duration::from_secs(self.database.acquire_timeout_secs.max(1));
         options.sqlite_durability = self.database.sqlite_durability;
         options
     }
@@ -279,11 +378,7 @@ pub fn redact_url(url: &str) -> String {
         Some(at) => {
             let user_info = &authority[..at];
             let user = user_info.split(':').next().unwrap_or("");
-            let hidden = if user_info.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
+            let hidden = if user_info.contains(':') { format!("{user}:***") } else { user.to_owned() };
             format!("{}://{hidden}@{}", &url[..scheme_end], &rest[at + 1..])
         }
         None => url.to_owned(),
@@ -321,22 +416,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted_and_nothing_else() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/sdoh"),
-            "postgres://app:***@db:5432/sdoh"
-        );
-        assert_eq!(
-            redact_url("postgres://app@db/sdoh"),
-            "postgres://app@db/sdoh"
-        );
-        assert_eq!(
-            redact_url("sqlite:./data/gateway.db"),
-            "sqlite:./data/gateway.db"
-        );
-        assert_eq!(
-            redact_url("postgres://a:b@h/d?sslmode=require"),
-            "postgres://a:***@h/d?sslmode=require"
-        );
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/sdoh"), "postgres://app:***@db:5432/sdoh");
+        assert_eq!(redact_url("postgres://app@db/sdoh"), "postgres://app@db/sdoh");
+        assert_eq!(redact_url("sqlite:./data/gateway.db"), "sqlite:./data/gateway.db");
+        assert_eq!(redact_url("postgres://a:b@h/d?sslmode=require"), "postgres://a:***@h/d?sslmode=require");
     }
 
     #[test]
@@ -349,10 +432,7 @@ mod tests {
 
     #[test]
     fn the_example_file_documents_every_key_and_parses() {
-        let example = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/gateway.example.toml"
-        );
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/gateway.example.toml");
         let text = std::fs::read_to_string(example).unwrap();
         let parsed: GatewayConfig = toml::from_str(&text).unwrap();
         parsed.validate().unwrap();

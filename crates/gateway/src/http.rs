@@ -22,13 +22,8 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn(record_request))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            max_body_bytes,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
         .with_state(state)
 }
 
@@ -40,11 +35,7 @@ async fn live() -> impl IntoResponse {
 /// Ready when the database answers within a bound; 503 otherwise, so a load balancer routes around us.
 async fn ready(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => (
-            StatusCode::OK,
-            axum::Json(json!({"status": "ready", "database": "up"})),
-        )
-            .into_response(),
+        Ok(Ok(())) => (StatusCode::OK, axum::Json(json!({"status": "ready", "database": "up"}))).into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
             unready("database unreachable")
@@ -57,39 +48,26 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 fn unready(reason: &str) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({"status": "unready", "database": "down", "reason": reason})),
-    )
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unready", "database": "down", "reason": reason})))
         .into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     crate::telemetry::refresh_scrape_gauges(&state.store).await;
     let body = crate::telemetry::metrics_handle().render();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// Counts and times every request by its route template (never the raw path, which may carry identifiers).
 async fn record_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let labels = [("method", method), ("route", route), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
 }

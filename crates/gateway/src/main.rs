@@ -53,10 +53,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sdoh-gateway: cannot start the async runtime: {e}");
@@ -69,10 +66,7 @@ fn main() -> ExitCode {
             Command::Migrate => {
                 let store = serve::open_store(&config).await?;
                 store.close().await;
-                println!(
-                    "database schema is up to date ({})",
-                    store.backend().as_str()
-                );
+                println!("database schema is up to date ({})", store.backend().as_str());
                 Ok(())
             }
             Command::CheckConfig => unreachable!("handled before the runtime starts"),

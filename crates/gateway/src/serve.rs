@@ -14,10 +14,7 @@ pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<store::Store> 
     let store = store::Store::connect(&config.store_options())
         .await
         .with_context(|| format!("cannot open the database at {shown_url}"))?;
-    store
-        .migrate()
-        .await
-        .with_context(|| format!("cannot migrate the database at {shown_url}"))?;
+    store.migrate().await.with_context(|| format!("cannot migrate the database at {shown_url}"))?;
     Ok(store)
 }
 
@@ -41,14 +38,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     tokio::spawn(watch_signals(shutdown.clone()));
 
     let app = router(
-        AppState {
-            store: store.clone(),
-        },
+        AppState { store: store.clone() },
         config.http.max_body_bytes,
         Duration::from_secs(config.http.request_timeout_secs),
     );
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
 
     tracing::info!(
@@ -64,10 +58,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server stopped with an error"),
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-        Err(_) => tracing::warn!(
-            grace_secs = grace.as_secs(),
-            "in-flight requests did not finish within the grace period"
-        ),
+        Err(_) => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period")
+        }
     }
     store.close().await;
     tracing::info!("stopped");

@@ -11,15 +11,9 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global tracing subscriber. Logs go to stderr so stdout stays clean for command output.
 pub fn init_logging(config: &LogConfig) {
     let filter = EnvFilter::builder().parse_lossy(&config.level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }
@@ -28,9 +22,7 @@ static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
 /// Latency buckets in seconds: fine below 10 ms, where MLLP ACKs and reads by id live.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The process-wide metrics registry (installed on first use).
 pub fn metrics_handle() -> &'static PrometheusHandle {
@@ -55,8 +47,7 @@ pub fn uptime_seconds() -> f64 {
 pub async fn refresh_scrape_gauges(store: &store::Store) {
     metrics::gauge!("process_uptime_seconds").set(uptime_seconds());
     for pool in store.pool_stats() {
-        metrics::gauge!("db_pool_connections", "pool" => pool.name, "state" => "idle")
-            .set(f64::from(pool.idle));
+        metrics::gauge!("db_pool_connections", "pool" => pool.name, "state" => "idle").set(f64::from(pool.idle));
         metrics::gauge!("db_pool_connections", "pool" => pool.name, "state" => "busy")
             .set(f64::from(pool.size.saturating_sub(pool.idle)));
         metrics::gauge!("db_pool_max_connections", "pool" => pool.name).set(f64::from(pool.max));
@@ -72,12 +63,8 @@ pub async fn refresh_scrape_gauges(store: &store::Store) {
                 }
             }
             for c in counts {
-                KNOWN_QUEUES
-                    .lock()
-                    .expect("queue list")
-                    .insert(c.queue.clone());
-                metrics::gauge!("jobs", "queue" => c.queue, "state" => c.state.as_str())
-                    .set(c.count as f64);
+                KNOWN_QUEUES.lock().expect("queue list").insert(c.queue.clone());
+                metrics::gauge!("jobs", "queue" => c.queue, "state" => c.state.as_str()).set(c.count as f64);
             }
         }
         _ => metrics::gauge!("db_up").set(0.0),

@@ -26,7 +26,8 @@ async fn backends() -> Vec<Backend> {
     sqlite.migrate().await.unwrap();
     let mut out = vec![Backend { name: "sqlite", store: sqlite, _dir: Some(dir) }];
 
-    let base = std::env::var("SDOH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base =
+        std::env::var("SDOH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let admin = Store::connect(&StoreOptions::new(base.clone())).await.expect("PostgreSQL for the benchmarks");
     let schema = format!("bench_{}", std::process::id());
     store::testing::execute(&admin, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))

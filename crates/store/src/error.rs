@@ -4,15 +4,8 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A write named a version that is not the current one (optimistic concurrency).
-    #[error(
-        "version conflict on {resource_type}/{id}: expected version {expected}, current is {current}"
-    )]
-    VersionConflict {
-        resource_type: String,
-        id: String,
-        expected: String,
-        current: String,
-    },
+    #[error("version conflict on {resource_type}/{id}: expected version {expected}, current is {current}")]
+    VersionConflict { resource_type: String, id: String, expected: String, current: String },
     /// A create-only write found the resource already there.
     #[error("{resource_type}/{id} already exists")]
     AlreadyExists { resource_type: String, id: String },
@@ -50,21 +43,14 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         match err {
-            sqlx::Error::PoolTimedOut => {
-                StoreError::Unavailable("timed out waiting for a connection".into())
-            }
-            sqlx::Error::PoolClosed => {
-                StoreError::Unavailable("the connection pool is closed".into())
-            }
+            sqlx::Error::PoolTimedOut => StoreError::Unavailable("timed out waiting for a connection".into()),
+            sqlx::Error::PoolClosed => StoreError::Unavailable("the connection pool is closed".into()),
             sqlx::Error::Io(e) => StoreError::Unavailable(e.to_string()),
             sqlx::Error::Tls(e) => StoreError::Unavailable(format!("tls: {e}")),
             sqlx::Error::Database(ref db)
                 if db.code().is_some_and(|c| {
                     // SQLite BUSY/LOCKED; PostgreSQL admin shutdown, cannot connect now, lock timeout, serialization failure
-                    matches!(
-                        c.as_ref(),
-                        "5" | "6" | "57P01" | "57P03" | "55P03" | "40001" | "40P01"
-                    )
+                    matches!(c.as_ref(), "5" | "6" | "57P01" | "57P03" | "55P03" | "40001" | "40P01")
                 }) =>
             {
                 StoreError::Unavailable(db.message().to_string())

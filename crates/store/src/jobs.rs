@@ -26,12 +26,7 @@ pub struct NewJob {
 
 impl NewJob {
     pub fn new(queue: impl Into<String>, payload: impl Into<String>) -> Self {
-        NewJob {
-            queue: queue.into(),
-            payload: payload.into(),
-            max_attempts: 10,
-            run_at: None,
-        }
+        NewJob { queue: queue.into(), payload: payload.into(), max_attempts: 10, run_at: None }
     }
 
     pub fn max_attempts(mut self, n: i32) -> Self {
@@ -109,10 +104,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(600),
-        }
+        Backoff { base: Duration::from_secs(1), max: Duration::from_secs(600) }
     }
 }
 
@@ -145,6 +137,37 @@ impl StoreTx {
         Ok(())
     }
 
+    /// Queues many jobs with one multi-row statement per chunk.
+    pub async fn enqueue_many(&mut self, jobs: &[NewJob]) -> Result<()> {
+        let now = Timestamp::now();
+        for chunk in jobs.chunks(200) {
+            let mut sql = String::from(
+                "INSERT INTO jobs (queue, payload, state, attempts, max_attempts, run_at_us, created_us) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, 'ready', 0, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+            }
+            with_tx_conn!(self, conn => {
+                let mut q = sqlx::query(&sql);
+                for job in chunk {
+                    q = q
+                        .bind(&job.queue)
+                        .bind(&job.payload)
+                        .bind(job.max_attempts)
+                        .bind(job.run_at.unwrap_or(now).micros())
+                        .bind(now.micros());
+                }
+                q.execute(&mut *conn).await?;
+            });
+            self.enqueued_jobs = true;
+        }
+        Ok(())
+    }
+
     /// Completes a job in the same transaction as the work it did, so the work and the completion commit together.
     pub async fn complete_job(&mut self, job: &Job) -> Result<()> {
         let done = with_tx_conn!(self, conn => {
@@ -155,11 +178,7 @@ impl StoreTx {
                 .await?
                 .rows_affected()
         });
-        if done == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost { job_id: job.id })
-        }
+        if done == 1 { Ok(()) } else { Err(StoreError::LeaseLost { job_id: job.id }) }
     }
 }
 
@@ -175,14 +194,13 @@ impl Store {
     /// died) are due again; those that already used their last attempt are dead-lettered instead.
     pub async fn claim(&self, queue: &str, limit: u32, lease: Duration) -> Result<Vec<Job>> {
         let now = Timestamp::now();
-        let lease_until = now
-            .micros()
-            .saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let lease_until = now.micros().saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
         let token: i64 = rand::rng().random();
         let bury = "UPDATE jobs SET state = 'dead', lease_token = NULL, \
                     last_error = 'lease expired on the final attempt (worker stopped or stalled)' \
                     WHERE queue = $1 AND state = 'leased' AND lease_until_us < $2 AND attempts >= max_attempts";
-        let due = "queue = $1 AND ((state = 'ready' AND run_at_us <= $2) OR (state = 'leased' AND lease_until_us < $2))";
+        let due =
+            "queue = $1 AND ((state = 'ready' AND run_at_us <= $2) OR (state = 'leased' AND lease_until_us < $2))";
         let claim = match self.pools() {
             Pools::Sqlite { .. } => format!(
                 "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_until_us = $3, lease_token = $4 \
@@ -281,18 +299,12 @@ impl Store {
                 .await?
                 .rows_affected()
         });
-        if updated == 1 {
-            Ok(outcome)
-        } else {
-            Err(StoreError::LeaseLost { job_id: job.id })
-        }
+        if updated == 1 { Ok(outcome) } else { Err(StoreError::LeaseLost { job_id: job.id }) }
     }
 
     /// Extends a lease held by a worker that needs longer than planned.
     pub async fn extend_lease(&self, job: &mut Job, lease: Duration) -> Result<()> {
-        let until = Timestamp::now()
-            .micros()
-            .saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let until = Timestamp::now().micros().saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
         let updated = with_write_pool!(self, pool => {
             sqlx::query("UPDATE jobs SET lease_until_us = $3 WHERE id = $1 AND lease_token = $2 AND state = 'leased'")
                 .bind(job.id)
@@ -346,11 +358,7 @@ impl Store {
     }
 
     /// Dead-lettered jobs of a queue with their last error, oldest first.
-    pub async fn dead_jobs(
-        &self,
-        queue: &str,
-        limit: u32,
-    ) -> Result<Vec<(i64, String, Option<String>)>> {
+    pub async fn dead_jobs(&self, queue: &str, limit: u32) -> Result<Vec<(i64, String, Option<String>)>> {
         with_read_pool!(self, pool => {
             let rows = sqlx::query(
                 "SELECT id, payload, last_error FROM jobs WHERE queue = $1 AND state = 'dead' ORDER BY id LIMIT $2",
@@ -372,16 +380,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_within_jitter_and_cap() {
-        let b = Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        };
+        let b = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(60) };
         for (attempt, nominal) in [(1, 1.0), (2, 2.0), (3, 4.0), (7, 60.0), (40, 60.0)] {
             let d = b.delay(attempt).as_secs_f64();
-            assert!(
-                d >= nominal * 0.8 - 1e-9 && d <= nominal * 1.2 + 1e-9,
-                "attempt {attempt}: {d}"
-            );
+            assert!(d >= nominal * 0.8 - 1e-9 && d <= nominal * 1.2 + 1e-9, "attempt {attempt}: {d}");
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod error;
 mod jobs;
+mod journal;
 mod resources;
 mod time;
 mod tx;
@@ -15,16 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
 pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
-pub use resources::{
-    HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id,
-};
+pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage};
+pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
 pub use time::{Timestamp, format_instant};
 pub use tx::StoreTx;
 
@@ -43,9 +41,7 @@ impl BackendKind {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(BackendKind::Postgres)
         } else {
-            Err(StoreError::InvalidUrl(
-                "expected a URL starting with sqlite: or postgres:// (postgresql://)".into(),
-            ))
+            Err(StoreError::InvalidUrl("expected a URL starting with sqlite: or postgres:// (postgresql://)".into()))
         }
     }
 
@@ -127,12 +123,7 @@ impl Store {
             BackendKind::Sqlite => connect_sqlite(options).await?,
             BackendKind::Postgres => connect_postgres(options).await?,
         };
-        Ok(Store {
-            inner: Arc::new(Inner {
-                pools,
-                job_notify: Notify::new(),
-            }),
-        })
+        Ok(Store { inner: Arc::new(Inner { pools, job_notify: Notify::new() }) })
     }
 
     pub fn backend(&self) -> BackendKind {
@@ -235,19 +226,21 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
     if path != std::path::Path::new(":memory:")
         && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
     }
     let connect = async {
         // The writer is opened first: it creates the file and switches it to WAL before readers attach.
+        // A local file cannot drop a connection the way a network can, so the per-acquire ping is pure overhead.
         let write = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(base.clone())
             .await?;
         let read = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(options.max_connections.max(1))
             .min_connections(1)
             .acquire_timeout(options.acquire_timeout)
@@ -257,16 +250,13 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
     };
     match tokio::time::timeout(options.connect_timeout, connect).await {
         Ok(result) => result.map_err(StoreError::from),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "no connection within {:?}",
-            options.connect_timeout
-        ))),
+        Err(_) => Err(StoreError::Unavailable(format!("no connection within {:?}", options.connect_timeout))),
     }
 }
 
 async fn connect_postgres(options: &StoreOptions) -> Result<Pools> {
-    let connect_options = PgConnectOptions::from_str(&options.url)
-        .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+    let connect_options =
+        PgConnectOptions::from_str(&options.url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
     let connect = PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .min_connections(1)
@@ -274,10 +264,7 @@ async fn connect_postgres(options: &StoreOptions) -> Result<Pools> {
         .connect_with(connect_options);
     match tokio::time::timeout(options.connect_timeout, connect).await {
         Ok(result) => Ok(Pools::Postgres(result.map_err(StoreError::from)?)),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "no connection within {:?}",
-            options.connect_timeout
-        ))),
+        Err(_) => Err(StoreError::Unavailable(format!("no connection within {:?}", options.connect_timeout))),
     }
 }
 

@@ -60,11 +60,7 @@ pub struct Written {
 
 /// FHIR `id`: 1-64 characters from `[A-Za-z0-9\-\.]`.
 pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn is_valid_type(resource_type: &str) -> bool {
@@ -125,8 +121,7 @@ impl StoreTx {
 
     /// Reads the current version inside this transaction (sees this transaction's own writes).
     pub async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
-        let sql =
-            format!("SELECT {SELECT_COLUMNS} FROM resources WHERE resource_type = $1 AND id = $2");
+        let sql = format!("SELECT {SELECT_COLUMNS} FROM resources WHERE resource_type = $1 AND id = $2");
         with_tx_conn!(self, conn => {
             match sqlx::query(&sql).bind(resource_type).bind(id).fetch_optional(&mut *conn).await? {
                 Some(row) => Ok(Some(row_to_resource(&row)?)),
@@ -137,11 +132,7 @@ impl StoreTx {
 
     /// Writes a new version of `resource` (which must carry `resourceType` and `id`), setting `meta.versionId` and
     /// `meta.lastUpdated`, and appends it to history.
-    pub async fn put(
-        &mut self,
-        mut resource: Value,
-        precondition: Precondition,
-    ) -> Result<Written> {
+    pub async fn put(&mut self, mut resource: Value, precondition: Precondition) -> Result<Written> {
         let resource_type = resource
             .get("resourceType")
             .and_then(Value::as_str)
@@ -167,22 +158,10 @@ impl StoreTx {
             return Err(StoreError::Invalid("meta is not a JSON object".into()));
         };
         meta.insert("versionId".into(), Value::String(version_id.to_string()));
-        meta.insert(
-            "lastUpdated".into(),
-            Value::String(format_instant(last_updated)),
-        );
-        let content =
-            serde_json::to_string(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
+        let content = serde_json::to_string(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let created = current.as_ref().is_none_or(|c| c.deleted);
-        self.write_version(
-            &resource_type,
-            &id,
-            version_id,
-            last_updated,
-            current.is_some(),
-            Some(&content),
-        )
-        .await?;
+        self.write_version(&resource_type, &id, version_id, last_updated, current.is_some(), Some(&content)).await?;
         Ok(Written {
             resource: StoredResource {
                 resource_type,
@@ -210,8 +189,7 @@ impl StoreTx {
         };
         let version_id = live.version_id + 1;
         let last_updated = next_timestamp(current.as_ref());
-        self.write_version(resource_type, id, version_id, last_updated, true, None)
-            .await?;
+        self.write_version(resource_type, id, version_id, last_updated, true, None).await?;
         Ok(Some(StoredResource {
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
@@ -264,11 +242,7 @@ impl StoreTx {
             Err(e) if StoreError::is_unique_violation(&e) => Err(StoreError::VersionConflict {
                 resource_type: resource_type.to_owned(),
                 id: id.to_owned(),
-                expected: if exists {
-                    (version_id - 1).to_string()
-                } else {
-                    "none".into()
-                },
+                expected: if exists { (version_id - 1).to_string() } else { "none".into() },
                 current: "a concurrent write".into(),
             }),
             Err(e) => Err(e.into()),
@@ -285,10 +259,9 @@ fn check_precondition(
     let live = current.filter(|c| !c.deleted);
     match precondition {
         Precondition::None => Ok(()),
-        Precondition::MustNotExist if live.is_some() => Err(StoreError::AlreadyExists {
-            resource_type: resource_type.to_owned(),
-            id: id.to_owned(),
-        }),
+        Precondition::MustNotExist if live.is_some() => {
+            Err(StoreError::AlreadyExists { resource_type: resource_type.to_owned(), id: id.to_owned() })
+        }
         Precondition::MustNotExist => Ok(()),
         Precondition::Version(expected) => match current {
             Some(c) if c.version_id == expected => Ok(()),
@@ -322,12 +295,7 @@ impl Store {
     }
 
     /// One specific version from history.
-    pub async fn vread(
-        &self,
-        resource_type: &str,
-        id: &str,
-        version_id: i64,
-    ) -> Result<Option<StoredResource>> {
+    pub async fn vread(&self, resource_type: &str, id: &str, version_id: i64) -> Result<Option<StoredResource>> {
         const SQL: &str = "SELECT resource_type, id, version_id, last_updated_us, deleted, content \
                            FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3";
         with_read_pool!(self, pool => {
@@ -356,10 +324,7 @@ impl Store {
             sql += &format!(" AND id = ${}", next());
             texts.push(id);
         }
-        for (op, value) in [
-            (">=", query.since.map(Timestamp::micros)),
-            ("<=", query.until.map(Timestamp::micros)),
-        ] {
+        for (op, value) in [(">=", query.since.map(Timestamp::micros)), ("<=", query.until.map(Timestamp::micros))] {
             if let Some(v) = value {
                 sql += &format!(" AND last_updated_us {op} ${}", next());
                 numbers.push(v);

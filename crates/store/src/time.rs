@@ -26,6 +26,5 @@ impl Timestamp {
 
 /// FHIR `instant` text, e.g. `2026-11-23T10:00:00.123456Z`.
 pub fn format_instant(ts: Timestamp) -> String {
-    ts.to_datetime()
-        .to_rfc3339_opts(SecondsFormat::Micros, true)
+    ts.to_datetime().to_rfc3339_opts(SecondsFormat::Micros, true)
 }

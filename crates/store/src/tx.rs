@@ -18,16 +18,10 @@ impl StoreTx {
     pub(crate) async fn begin(store: &Store) -> Result<StoreTx> {
         let inner = match store.pools() {
             // IMMEDIATE takes the write lock up front, so a read-then-write transaction never fails to upgrade.
-            Pools::Sqlite { write, .. } => {
-                TxInner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?)
-            }
+            Pools::Sqlite { write, .. } => TxInner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
             Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
         };
-        Ok(StoreTx {
-            store: store.clone(),
-            inner,
-            enqueued_jobs: false,
-        })
+        Ok(StoreTx { store: store.clone(), inner, enqueued_jobs: false })
     }
 
     /// Makes every write durable (per the backend's durability settings) and wakes local workers for new jobs.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::TestDb;
 use serde_json::{Value, json};
 use store::{Backoff, FailOutcome, HistoryQuery, JobState, NewJob, Precondition, StoreError};
+use store::{JournalOutcome, JournalQuery, JournalStatus, NewMessage};
 
 for_each_backend!(
     create_read_update_and_versions,
@@ -22,6 +23,8 @@ for_each_backend!(
     an_expired_lease_is_claimed_again_and_the_old_holder_cannot_complete,
     many_claimers_on_many_pools_never_share_a_job_and_lose_none,
     invalid_resources_are_refused,
+    journal_stores_once_queues_a_job_and_lists_without_bodies,
+    journal_status_and_reprocess,
 );
 
 fn patient(id: &str, family: &str) -> Value {
@@ -29,22 +32,13 @@ fn patient(id: &str, family: &str) -> Value {
 }
 
 fn content(stored: &store::StoredResource) -> Value {
-    serde_json::from_str(
-        stored
-            .content
-            .as_deref()
-            .expect("live resource has content"),
-    )
-    .expect("stored JSON")
+    serde_json::from_str(stored.content.as_deref().expect("live resource has content")).expect("stored JSON")
 }
 
 async fn create_read_update_and_versions(db: TestDb) {
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    let first = tx
-        .put(patient("p1", "Alpha"), Precondition::MustNotExist)
-        .await
-        .unwrap();
+    let first = tx.put(patient("p1", "Alpha"), Precondition::MustNotExist).await.unwrap();
     tx.commit().await.unwrap();
     assert!(first.created);
     assert_eq!(first.resource.version_id, 1);
@@ -53,32 +47,18 @@ async fn create_read_update_and_versions(db: TestDb) {
     let body = content(&read);
     assert_eq!(body["meta"]["versionId"], "1");
     assert_eq!(body["name"][0]["family"], "Alpha");
-    assert_eq!(
-        body["meta"]["lastUpdated"],
-        store::format_instant(read.last_updated)
-    );
+    assert_eq!(body["meta"]["lastUpdated"], store::format_instant(read.last_updated));
 
     let mut tx = store.begin().await.unwrap();
-    let second = tx
-        .put(patient("p1", "Beta"), Precondition::Version(1))
-        .await
-        .unwrap();
+    let second = tx.put(patient("p1", "Beta"), Precondition::Version(1)).await.unwrap();
     tx.commit().await.unwrap();
     assert!(!second.created);
     assert_eq!(second.resource.version_id, 2);
     assert!(second.resource.last_updated > first.resource.last_updated);
 
-    let v1 = store
-        .vread("Patient", "p1", 1)
-        .await
-        .unwrap()
-        .expect("version 1 kept");
+    let v1 = store.vread("Patient", "p1", 1).await.unwrap().expect("version 1 kept");
     assert_eq!(content(&v1)["name"][0]["family"], "Alpha");
-    let v2 = store
-        .vread("Patient", "p1", 2)
-        .await
-        .unwrap()
-        .expect("version 2 kept");
+    let v2 = store.vread("Patient", "p1", 2).await.unwrap().expect("version 2 kept");
     assert_eq!(content(&v2)["name"][0]["family"], "Beta");
     assert!(store.vread("Patient", "p1", 3).await.unwrap().is_none());
     assert!(store.read("Patient", "nope").await.unwrap().is_none());
@@ -87,28 +67,18 @@ async fn create_read_update_and_versions(db: TestDb) {
 async fn create_only_and_version_preconditions_fail_cleanly(db: TestDb) {
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.put(patient("p1", "A"), Precondition::None)
-        .await
-        .unwrap();
+    tx.put(patient("p1", "A"), Precondition::None).await.unwrap();
     tx.commit().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
-    let err = tx
-        .put(patient("p1", "B"), Precondition::MustNotExist)
-        .await
-        .unwrap_err();
+    let err = tx.put(patient("p1", "B"), Precondition::MustNotExist).await.unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
     drop(tx);
 
     let mut tx = store.begin().await.unwrap();
-    let err = tx
-        .put(patient("p1", "B"), Precondition::Version(7))
-        .await
-        .unwrap_err();
+    let err = tx.put(patient("p1", "B"), Precondition::Version(7)).await.unwrap_err();
     match err {
-        StoreError::VersionConflict {
-            expected, current, ..
-        } => {
+        StoreError::VersionConflict { expected, current, .. } => {
             assert_eq!(expected, "7");
             assert_eq!(current, "1");
         }
@@ -116,31 +86,18 @@ async fn create_only_and_version_preconditions_fail_cleanly(db: TestDb) {
     }
     drop(tx);
     let mut tx = store.begin().await.unwrap();
-    let err = tx
-        .put(patient("p9", "B"), Precondition::Version(1))
-        .await
-        .unwrap_err();
+    let err = tx.put(patient("p9", "B"), Precondition::Version(1)).await.unwrap_err();
     assert!(matches!(err, StoreError::VersionConflict { .. }), "{err:?}");
     drop(tx);
     // Nothing changed.
-    assert_eq!(
-        store
-            .read("Patient", "p1")
-            .await
-            .unwrap()
-            .unwrap()
-            .version_id,
-        1
-    );
+    assert_eq!(store.read("Patient", "p1").await.unwrap().unwrap().version_id, 1);
     assert!(store.read("Patient", "p9").await.unwrap().is_none());
 }
 
 async fn concurrent_writers_to_one_resource_exactly_one_wins(db: TestDb) {
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.put(patient("shared", "Start"), Precondition::MustNotExist)
-        .await
-        .unwrap();
+    tx.put(patient("shared", "Start"), Precondition::MustNotExist).await.unwrap();
     tx.commit().await.unwrap();
 
     // Several replicas (separate pools), each writer expecting version 1.
@@ -149,11 +106,7 @@ async fn concurrent_writers_to_one_resource_exactly_one_wins(db: TestDb) {
         let replica = db.store().await;
         handles.push(tokio::spawn(async move {
             let mut tx = replica.begin().await?;
-            tx.put(
-                patient("shared", &format!("Writer{writer}")),
-                Precondition::Version(1),
-            )
-            .await?;
+            tx.put(patient("shared", &format!("Writer{writer}")), Precondition::Version(1)).await?;
             tx.commit().await
         }));
     }
@@ -169,19 +122,9 @@ async fn concurrent_writers_to_one_resource_exactly_one_wins(db: TestDb) {
     assert_eq!((wins, conflicts), (1, 7));
     let current = store.read("Patient", "shared").await.unwrap().unwrap();
     assert_eq!(current.version_id, 2);
-    let history = store
-        .history(&HistoryQuery {
-            id: Some("shared".into()),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        history.len(),
-        2,
-        "no version from a losing writer is in history"
-    );
+    let history =
+        store.history(&HistoryQuery { id: Some("shared".into()), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(history.len(), 2, "no version from a losing writer is in history");
 
     // Creates of one new id race the same way.
     let mut handles = Vec::new();
@@ -189,11 +132,7 @@ async fn concurrent_writers_to_one_resource_exactly_one_wins(db: TestDb) {
         let replica = db.store().await;
         handles.push(tokio::spawn(async move {
             let mut tx = replica.begin().await?;
-            tx.put(
-                patient("fresh", &format!("W{writer}")),
-                Precondition::MustNotExist,
-            )
-            .await?;
+            tx.put(patient("fresh", &format!("W{writer}")), Precondition::MustNotExist).await?;
             tx.commit().await
         }));
     }
@@ -211,38 +150,15 @@ async fn concurrent_writers_to_one_resource_exactly_one_wins(db: TestDb) {
 async fn delete_is_logical_and_history_keeps_every_version(db: TestDb) {
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.put(patient("d1", "A"), Precondition::None)
-        .await
-        .unwrap();
-    tx.put(patient("d1", "B"), Precondition::None)
-        .await
-        .unwrap();
-    let deleted = tx
-        .delete("Patient", "d1", Precondition::None)
-        .await
-        .unwrap()
-        .expect("was live");
+    tx.put(patient("d1", "A"), Precondition::None).await.unwrap();
+    tx.put(patient("d1", "B"), Precondition::None).await.unwrap();
+    let deleted = tx.delete("Patient", "d1", Precondition::None).await.unwrap().expect("was live");
     assert_eq!(deleted.version_id, 3);
-    assert!(
-        tx.delete("Patient", "d1", Precondition::None)
-            .await
-            .unwrap()
-            .is_none(),
-        "already deleted"
-    );
-    assert!(
-        tx.delete("Patient", "never", Precondition::None)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(tx.delete("Patient", "d1", Precondition::None).await.unwrap().is_none(), "already deleted");
+    assert!(tx.delete("Patient", "never", Precondition::None).await.unwrap().is_none());
     tx.commit().await.unwrap();
 
-    let tomb = store
-        .read("Patient", "d1")
-        .await
-        .unwrap()
-        .expect("tombstone");
+    let tomb = store.read("Patient", "d1").await.unwrap().expect("tombstone");
     assert!(tomb.deleted);
     assert_eq!(tomb.content, None);
     let history = store
@@ -254,17 +170,11 @@ async fn delete_is_logical_and_history_keeps_every_version(db: TestDb) {
         })
         .await
         .unwrap();
-    let versions: Vec<(i64, bool)> = history
-        .iter()
-        .map(|h| (h.resource.version_id, h.resource.deleted))
-        .collect();
+    let versions: Vec<(i64, bool)> = history.iter().map(|h| (h.resource.version_id, h.resource.deleted)).collect();
     assert_eq!(versions, vec![(3, true), (2, false), (1, false)]);
 
     let mut tx = store.begin().await.unwrap();
-    let again = tx
-        .put(patient("d1", "C"), Precondition::MustNotExist)
-        .await
-        .unwrap();
+    let again = tx.put(patient("d1", "C"), Precondition::MustNotExist).await.unwrap();
     tx.commit().await.unwrap();
     assert!(again.created, "re-create after delete counts as a create");
     assert_eq!(again.resource.version_id, 4);
@@ -274,55 +184,26 @@ async fn history_filters_and_pages(db: TestDb) {
     let store = db.store().await;
     for i in 0..5 {
         let mut tx = store.begin().await.unwrap();
-        tx.put(patient(&format!("h{i}"), "X"), Precondition::None)
+        tx.put(patient(&format!("h{i}"), "X"), Precondition::None).await.unwrap();
+        tx.put(json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final"}), Precondition::None)
             .await
             .unwrap();
-        tx.put(
-            json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final"}),
-            Precondition::None,
-        )
-        .await
-        .unwrap();
         tx.commit().await.unwrap();
     }
-    let all = store
-        .history(&HistoryQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let all = store.history(&HistoryQuery { limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), 10);
     assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
 
     let observations = store
-        .history(&HistoryQuery {
-            resource_type: Some("Observation".into()),
-            limit: 100,
-            ..Default::default()
-        })
+        .history(&HistoryQuery { resource_type: Some("Observation".into()), limit: 100, ..Default::default() })
         .await
         .unwrap();
     assert_eq!(observations.len(), 5);
-    assert!(
-        observations
-            .iter()
-            .all(|h| h.resource.resource_type == "Observation")
-    );
+    assert!(observations.iter().all(|h| h.resource.resource_type == "Observation"));
 
-    let page1 = store
-        .history(&HistoryQuery {
-            limit: 4,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page1 = store.history(&HistoryQuery { limit: 4, ..Default::default() }).await.unwrap();
     let page2 = store
-        .history(&HistoryQuery {
-            limit: 4,
-            before_seq: Some(page1.last().unwrap().seq),
-            ..Default::default()
-        })
+        .history(&HistoryQuery { limit: 4, before_seq: Some(page1.last().unwrap().seq), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(page1.len(), 4);
@@ -330,124 +211,60 @@ async fn history_filters_and_pages(db: TestDb) {
     assert!(page2[0].seq < page1[3].seq);
 
     let cutoff = all[2].resource.last_updated;
-    let since = store
-        .history(&HistoryQuery {
-            since: Some(cutoff),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let since = store.history(&HistoryQuery { since: Some(cutoff), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(since.len(), 3);
-    let until = store
-        .history(&HistoryQuery {
-            until: Some(cutoff),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let until = store.history(&HistoryQuery { until: Some(cutoff), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(until.len(), 8);
 }
 
 async fn a_rolled_back_transaction_leaves_nothing_behind(db: TestDb) {
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.put(patient("r1", "A"), Precondition::None)
-        .await
-        .unwrap();
-    tx.enqueue(&NewJob::new("convert", "{\"id\":1}"))
-        .await
-        .unwrap();
+    tx.put(patient("r1", "A"), Precondition::None).await.unwrap();
+    tx.enqueue(&NewJob::new("convert", "{\"id\":1}")).await.unwrap();
     drop(tx);
     let mut tx = store.begin().await.unwrap();
-    tx.put(patient("r2", "A"), Precondition::None)
-        .await
-        .unwrap();
-    tx.enqueue(&NewJob::new("convert", "{\"id\":2}"))
-        .await
-        .unwrap();
+    tx.put(patient("r2", "A"), Precondition::None).await.unwrap();
+    tx.enqueue(&NewJob::new("convert", "{\"id\":2}")).await.unwrap();
     tx.rollback().await.unwrap();
 
     assert!(store.read("Patient", "r1").await.unwrap().is_none());
     assert!(store.read("Patient", "r2").await.unwrap().is_none());
-    assert!(
-        store
-            .history(&HistoryQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        store
-            .claim("convert", 10, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.history(&HistoryQuery { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+    assert!(store.claim("convert", 10, Duration::from_secs(30)).await.unwrap().is_empty());
     assert!(store.job_counts().await.unwrap().is_empty());
 }
 
 async fn jobs_enqueue_claim_complete(db: TestDb) {
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
-    tx.put(patient("j1", "A"), Precondition::None)
-        .await
-        .unwrap();
+    tx.put(patient("j1", "A"), Precondition::None).await.unwrap();
     for i in 0..3 {
-        tx.enqueue(&NewJob::new("convert", format!("{{\"n\":{i}}}")))
-            .await
-            .unwrap();
+        tx.enqueue(&NewJob::new("convert", format!("{{\"n\":{i}}}"))).await.unwrap();
     }
     tx.enqueue(&NewJob::new("other", "{}")).await.unwrap();
     tx.commit().await.unwrap();
 
     let counts = store.job_counts().await.unwrap();
-    let ready: i64 = counts
-        .iter()
-        .filter(|c| c.queue == "convert" && c.state == JobState::Ready)
-        .map(|c| c.count)
-        .sum();
+    let ready: i64 =
+        counts.iter().filter(|c| c.queue == "convert" && c.state == JobState::Ready).map(|c| c.count).sum();
     assert_eq!(ready, 3);
 
-    let jobs = store
-        .claim("convert", 2, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let jobs = store.claim("convert", 2, Duration::from_secs(30)).await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert_eq!(jobs[0].payload, "{\"n\":0}", "oldest first");
     assert!(jobs.iter().all(|j| j.attempts == 1 && j.queue == "convert"));
-    let rest = store
-        .claim("convert", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let rest = store.claim("convert", 10, Duration::from_secs(30)).await.unwrap();
     assert_eq!(rest.len(), 1, "leased jobs are not handed out again");
     assert_eq!(rest[0].payload, "{\"n\":2}");
 
     // Completing in the same transaction as the work it did.
     let mut tx = store.begin().await.unwrap();
-    tx.put(patient("j2", "B"), Precondition::None)
-        .await
-        .unwrap();
+    tx.put(patient("j2", "B"), Precondition::None).await.unwrap();
     tx.complete_job(&jobs[0]).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(
-        store
-            .complete_many(&[jobs[1].clone(), rest[0].clone()])
-            .await
-            .unwrap(),
-        Vec::<i64>::new()
-    );
-    assert!(
-        matches!(
-            store.complete(&jobs[0]).await,
-            Err(StoreError::LeaseLost { .. })
-        ),
-        "completed once only"
-    );
+    assert_eq!(store.complete_many(&[jobs[1].clone(), rest[0].clone()]).await.unwrap(), Vec::<i64>::new());
+    assert!(matches!(store.complete(&jobs[0]).await, Err(StoreError::LeaseLost { .. })), "completed once only");
 
     let counts = store.job_counts().await.unwrap();
     assert!(counts.iter().all(|c| c.queue == "other"), "{counts:?}");
@@ -455,24 +272,11 @@ async fn jobs_enqueue_claim_complete(db: TestDb) {
 
 async fn failed_jobs_retry_then_dead_letter(db: TestDb) {
     let store = db.store().await;
-    store
-        .enqueue(&NewJob::new("q", "payload").max_attempts(2))
-        .await
-        .unwrap();
-    let immediate = Backoff {
-        base: Duration::ZERO,
-        max: Duration::ZERO,
-    };
-    let slow = Backoff {
-        base: Duration::from_secs(3600),
-        max: Duration::from_secs(3600),
-    };
+    store.enqueue(&NewJob::new("q", "payload").max_attempts(2)).await.unwrap();
+    let immediate = Backoff { base: Duration::ZERO, max: Duration::ZERO };
+    let slow = Backoff { base: Duration::from_secs(3600), max: Duration::from_secs(3600) };
 
-    let job = store
-        .claim("q", 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .remove(0);
+    let job = store.claim("q", 1, Duration::from_secs(30)).await.unwrap().remove(0);
     let outcome = store.fail(&job, "first failure", &slow).await.unwrap();
     match outcome {
         FailOutcome::RetryAt(at) => {
@@ -480,47 +284,17 @@ async fn failed_jobs_retry_then_dead_letter(db: TestDb) {
         }
         other => panic!("expected a retry, got {other:?}"),
     }
-    assert!(
-        store
-            .claim("q", 1, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty(),
-        "not due before its backoff"
-    );
+    assert!(store.claim("q", 1, Duration::from_secs(30)).await.unwrap().is_empty(), "not due before its backoff");
 
     // A zero backoff makes the retry due at once, so the test does not wait.
     store.requeue_dead(job.id).await.unwrap();
-    store
-        .enqueue(&NewJob::new("q2", "p2").max_attempts(2))
-        .await
-        .unwrap();
-    let job = store
-        .claim("q2", 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .remove(0);
-    assert!(matches!(
-        store.fail(&job, "e1", &immediate).await.unwrap(),
-        FailOutcome::RetryAt(_)
-    ));
-    let job = store
-        .claim("q2", 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .remove(0);
+    store.enqueue(&NewJob::new("q2", "p2").max_attempts(2)).await.unwrap();
+    let job = store.claim("q2", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    assert!(matches!(store.fail(&job, "e1", &immediate).await.unwrap(), FailOutcome::RetryAt(_)));
+    let job = store.claim("q2", 1, Duration::from_secs(30)).await.unwrap().remove(0);
     assert_eq!(job.attempts, 2);
-    assert_eq!(
-        store.fail(&job, "e2: final", &immediate).await.unwrap(),
-        FailOutcome::DeadLettered
-    );
-    assert!(
-        store
-            .claim("q2", 1, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(store.fail(&job, "e2: final", &immediate).await.unwrap(), FailOutcome::DeadLettered);
+    assert!(store.claim("q2", 1, Duration::from_secs(30)).await.unwrap().is_empty());
     let dead = store.dead_jobs("q2", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].2.as_deref(), Some("e2: final"));
@@ -528,51 +302,26 @@ async fn failed_jobs_retry_then_dead_letter(db: TestDb) {
     assert!(store.requeue_dead(job.id).await.unwrap());
     let again = store.claim("q2", 1, Duration::from_secs(30)).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(
-        again[0].attempts, 1,
-        "a requeued job gets a fresh set of attempts"
-    );
+    assert_eq!(again[0].attempts, 1, "a requeued job gets a fresh set of attempts");
 }
 
 async fn an_expired_lease_is_claimed_again_and_the_old_holder_cannot_complete(db: TestDb) {
     let store = db.store().await;
-    store
-        .enqueue(&NewJob::new("q", "work").max_attempts(3))
-        .await
-        .unwrap();
+    store.enqueue(&NewJob::new("q", "work").max_attempts(3)).await.unwrap();
     // A zero lease is already expired for any later claim: the holder "died".
     let first = store.claim("q", 1, Duration::ZERO).await.unwrap().remove(0);
     let second = store.claim("q", 1, Duration::from_secs(60)).await.unwrap();
     assert_eq!(second.len(), 1, "an expired lease makes the job claimable");
     assert_eq!(second[0].id, first.id);
     assert_eq!(second[0].attempts, 2);
-    assert!(matches!(
-        store.complete(&first).await,
-        Err(StoreError::LeaseLost { .. })
-    ));
-    assert!(matches!(
-        store.fail(&first, "late", &Backoff::default()).await,
-        Err(StoreError::LeaseLost { .. })
-    ));
+    assert!(matches!(store.complete(&first).await, Err(StoreError::LeaseLost { .. })));
+    assert!(matches!(store.fail(&first, "late", &Backoff::default()).await, Err(StoreError::LeaseLost { .. })));
     store.complete(&second[0]).await.unwrap();
 
     // A job whose final attempt's lease expires is dead-lettered, not retried forever.
-    store
-        .enqueue(&NewJob::new("q3", "work").max_attempts(1))
-        .await
-        .unwrap();
-    let _lost = store
-        .claim("q3", 1, Duration::ZERO)
-        .await
-        .unwrap()
-        .remove(0);
-    assert!(
-        store
-            .claim("q3", 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    store.enqueue(&NewJob::new("q3", "work").max_attempts(1)).await.unwrap();
+    let _lost = store.claim("q3", 1, Duration::ZERO).await.unwrap().remove(0);
+    assert!(store.claim("q3", 1, Duration::from_secs(60)).await.unwrap().is_empty());
     assert_eq!(store.dead_jobs("q3", 10).await.unwrap().len(), 1);
 }
 
@@ -581,9 +330,7 @@ async fn many_claimers_on_many_pools_never_share_a_job_and_lose_none(db: TestDb)
     let store = db.store().await;
     let mut tx = store.begin().await.unwrap();
     for i in 0..JOBS {
-        tx.enqueue(&NewJob::new("bulk", i.to_string()).max_attempts(100))
-            .await
-            .unwrap();
+        tx.enqueue(&NewJob::new("bulk", i.to_string()).max_attempts(100)).await.unwrap();
     }
     tx.commit().await.unwrap();
 
@@ -648,10 +395,7 @@ async fn many_claimers_on_many_pools_never_share_a_job_and_lose_none(db: TestDb)
         leases.sort();
         reclaimed += leases.len() - 1;
         for w in leases.windows(2) {
-            assert!(
-                w[1].0 > w[0].1,
-                "job {id} was handed out while its lease was live: {leases:?}"
-            );
+            assert!(w[1].0 > w[0].1, "job {id} was handed out while its lease was live: {leases:?}");
         }
     }
     assert!(reclaimed > 0, "the dying claimers' jobs were claimed again");
@@ -672,14 +416,106 @@ async fn invalid_resources_are_refused(db: TestDb) {
         assert!(matches!(err, StoreError::Invalid(_)), "{bad}: {err:?}");
     }
     tx.commit().await.unwrap();
-    assert!(
-        store
-            .history(&HistoryQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.history(&HistoryQuery { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+}
+
+fn message(control_id: &str, message_type: &str) -> NewMessage {
+    // Latin-1 bytes on purpose: the journal keeps bytes exactly as received.
+    let raw = format!(
+        "MSH|^~\\&|EHR|CLINIC|GW|HUB|20261123||{message_type}|{control_id}|P|2.5.1\rPID|||1^^^MRN||M\u{00fc}ller"
+    )
+    .into_bytes();
+    let raw: Vec<u8> = raw.into_iter().chain([0xFC, 0x0D]).collect();
+    NewMessage {
+        sending_application: "EHR".into(),
+        sending_facility: "CLINIC".into(),
+        receiving_application: "GW".into(),
+        receiving_facility: "HUB".into(),
+        message_type: message_type.into(),
+        control_id: control_id.into(),
+        version: "2.5.1".into(),
+        raw,
+    }
+}
+
+async fn journal_stores_once_queues_a_job_and_lists_without_bodies(db: TestDb) {
+    let store = db.store().await;
+    let batch = vec![message("c1", "ADT^A01"), message("c2", "ORU^R01"), message("c1", "ADT^A01")];
+    let outcomes = store.journal_messages(&batch, "convert", 5).await.unwrap();
+    assert!(matches!(outcomes[0], JournalOutcome::Stored { .. }));
+    assert!(matches!(outcomes[1], JournalOutcome::Stored { .. }));
+    assert_eq!(outcomes[2], JournalOutcome::Duplicate, "a repeat within one batch");
+    let again =
+        store.journal_messages(&[message("c2", "ORU^R01"), message("c3", "ADT^A04")], "convert", 5).await.unwrap();
+    assert_eq!(again[0], JournalOutcome::Duplicate, "a repeat of a committed message");
+    let JournalOutcome::Stored { id: c3 } = again[1] else { panic!("c3 stored") };
+
+    // Another sender may reuse a control id.
+    let mut other = message("c1", "ADT^A01");
+    other.sending_facility = "OTHER".into();
+    assert!(matches!(store.journal_messages(&[other], "convert", 5).await.unwrap()[0], JournalOutcome::Stored { .. }));
+
+    let jobs = store.claim("convert", 100, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(jobs.len(), 4, "one conversion job per stored message");
+    assert!(jobs.iter().any(|j| j.payload == format!("{{\"journal_id\":{c3}}}")));
+
+    let all = store.journal_list(&JournalQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let listed = serde_json::to_string(&all).unwrap();
+    assert!(!listed.contains("ller"), "lists never carry message bodies");
+    let oru = store
+        .journal_list(&JournalQuery { message_type: Some("ORU^R01".into()), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(oru.len(), 1);
+    assert_eq!(oru[0].control_id, "c2");
+    assert_eq!(oru[0].status, "received");
+
+    let entry = store.journal_find("EHR", "CLINIC", "c3").await.unwrap().expect("found by key");
+    assert_eq!(entry.id, c3);
+    let body = store.journal_body(c3).await.unwrap().unwrap();
+    assert_eq!(body, message("c3", "ADT^A04").raw, "bytes kept exactly");
+    assert_eq!(entry.size_bytes, body.len() as i64);
+}
+
+async fn journal_status_and_reprocess(db: TestDb) {
+    let store = db.store().await;
+    let outcomes =
+        store.journal_messages(&[message("a", "ADT^A01"), message("b", "ADT^A08")], "convert", 5).await.unwrap();
+    let ids: Vec<i64> = outcomes
+        .iter()
+        .map(|o| match o {
+            JournalOutcome::Stored { id } => *id,
+            _ => panic!(),
+        })
+        .collect();
+    let jobs = store.claim("convert", 10, Duration::from_secs(30)).await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    tx.set_journal_status(ids[0], JournalStatus::Converted, None).await.unwrap();
+    tx.complete_job(&jobs[0]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.set_journal_status(ids[1], JournalStatus::Failed, Some("{\"resourceType\":\"OperationOutcome\"}"))
+        .await
+        .unwrap();
+    tx.complete_job(&jobs[1]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let failed = store.journal_ids_with_status(JournalStatus::Failed, 10).await.unwrap();
+    assert_eq!(failed, vec![ids[1]]);
+    let entry = store.journal_entry(ids[1]).await.unwrap().unwrap();
+    assert_eq!(entry.status, "failed");
+    assert!(entry.status_detail.unwrap().contains("OperationOutcome"));
+    let mut counts = store.journal_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, vec![("converted".to_owned(), 1), ("failed".to_owned(), 1)]);
+
+    assert_eq!(store.journal_reprocess(&failed, "convert", 5).await.unwrap(), 1);
+    assert_eq!(store.journal_entry(ids[1]).await.unwrap().unwrap().status, "received");
+    let requeued = store.claim("convert", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(requeued[0].payload, format!("{{\"journal_id\":{}}}", ids[1]));
+    assert_eq!(store.journal_reprocess(&[999_999], "convert", 5).await.unwrap(), 0, "unknown ids are skipped");
 }

@@ -4,8 +4,7 @@ use store::{Store, StoreOptions};
 
 /// PostgreSQL the suite runs against; override with `SDOH_TEST_POSTGRES_URL`.
 pub fn postgres_url() -> String {
-    std::env::var("SDOH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("SDOH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A database that lives as long as the test: the SQLite file's folder or the PostgreSQL schema goes away on drop.
@@ -19,11 +18,7 @@ impl TestDb {
     pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temporary folder");
         let url = format!("sqlite:{}", dir.path().join("store.db").display());
-        TestDb {
-            url,
-            _dir: Some(dir),
-            schema: None,
-        }
+        TestDb { url, _dir: Some(dir), schema: None }
     }
 
     /// A new schema in the test database. A PostgreSQL that cannot be reached fails the test with a clear message:
@@ -41,17 +36,11 @@ impl TestDb {
                  or set SDOH_TEST_POSTGRES_URL."
             )
         });
-        store::testing::execute(&admin, &format!("CREATE SCHEMA {schema}"))
-            .await
-            .expect("create schema");
+        store::testing::execute(&admin, &format!("CREATE SCHEMA {schema}")).await.expect("create schema");
         admin.close().await;
         let sep = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
-        TestDb {
-            url,
-            _dir: None,
-            schema: Some(schema),
-        }
+        TestDb { url, _dir: None, schema: Some(schema) }
     }
 
     pub fn options(&self) -> StoreOptions {
@@ -72,15 +61,10 @@ impl Drop for TestDb {
             // Best effort on a separate thread: Drop cannot await, and a leftover schema harms nothing.
             let url = postgres_url();
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
                 rt.block_on(async {
                     let store = Store::connect(&StoreOptions::new(url)).await.ok()?;
-                    store::testing::execute(&store, &format!("DROP SCHEMA {schema} CASCADE"))
-                        .await
-                        .ok()?;
+                    store::testing::execute(&store, &format!("DROP SCHEMA {schema} CASCADE")).await.ok()?;
                     store.close().await;
                     Some(())
                 })
