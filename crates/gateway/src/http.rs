@@ -14,6 +14,8 @@ use serde_json::json;
 #[derive(Clone)]
 pub struct AppState {
     pub store: store::Store,
+    /// Attempts for jobs queued from HTTP (reprocessing).
+    pub max_attempts: i32,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
@@ -21,6 +23,9 @@ pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration)
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/admin/messages", get(crate::admin::list_messages))
+        .route("/admin/messages/{id}", get(crate::admin::show_message))
+        .route("/admin/messages/{id}/reprocess", axum::routing::post(crate::admin::reprocess_message))
         .layer(middleware::from_fn(record_request))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))

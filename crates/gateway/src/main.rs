@@ -1,16 +1,13 @@
-//! The `sdoh-gateway` command: serve, migrate, check-config.
+//! The `sdoh-gateway` command: serve, migrate, check-config, messages.
 
-mod config;
-mod http;
-mod serve;
-mod telemetry;
+use gateway::{config, messages_cli, serve, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{GatewayConfig, Overrides};
+use config::{GatewayConfig, Overrides};
 
 /// HL7 v2 + FHIR R4 gateway for social-needs (SDOH) data between clinics, community organizations and registries.
 #[derive(Debug, Parser)]
@@ -33,6 +30,9 @@ enum Command {
     Migrate,
     /// Print the effective configuration (file + environment + flags) with secrets redacted, and exit.
     CheckConfig,
+    /// The HL7 v2 message journal: list, show, reprocess.
+    #[command(subcommand)]
+    Messages(messages_cli::MessagesCommand),
 }
 
 /// Exit status for configuration errors, as for command-line usage errors.
@@ -69,6 +69,7 @@ fn main() -> ExitCode {
                 println!("database schema is up to date ({})", store.backend().as_str());
                 Ok(())
             }
+            Command::Messages(command) => messages_cli::run(&config, command).await,
             Command::CheckConfig => unreachable!("handled before the runtime starts"),
         }
     });

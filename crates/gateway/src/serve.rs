@@ -38,7 +38,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     tokio::spawn(watch_signals(shutdown.clone()));
 
     let app = router(
-        AppState { store: store.clone() },
+        AppState { store: store.clone(), max_attempts: config.workers.max_attempts },
         config.http.max_body_bytes,
         Duration::from_secs(config.http.request_timeout_secs),
     );

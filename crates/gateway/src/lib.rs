@@ -1,0 +1,10 @@
+//! The sdoh-gateway application: configuration, HTTP and MLLP wiring, workers, telemetry and operator commands.
+//! The `sdoh-gateway` binary (`main.rs`) and the load tool (`bin/sdoh-load.rs`) are thin shells around it.
+
+pub mod admin;
+pub mod config;
+pub mod http;
+pub mod messages_cli;
+pub mod serve;
+pub mod synth;
+pub mod telemetry;
