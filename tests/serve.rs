@@ -90,7 +90,13 @@ fn configuration_layers_apply_in_order_and_secrets_are_redacted() {
     .unwrap();
     let (status, out, err) = run(
         dir.path(),
-        &["--config", file.to_str().unwrap(), "--database-url", "postgres://app:s3cret@db.example:5432/sdoh", "check-config"],
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--database-url",
+            "postgres://app:s3cret@db.example:5432/sdoh",
+            "check-config",
+        ],
         &[("SDOH_GATEWAY_HTTP__LISTEN", "127.0.0.1:9100"), ("SDOH_GATEWAY_DATABASE__MAX_CONNECTIONS", "5")],
     );
     assert!(status.success(), "{err}");
@@ -98,7 +104,11 @@ fn configuration_layers_apply_in_order_and_secrets_are_redacted() {
     assert_eq!(shown["log"]["level"].as_str(), Some("debug"), "file applies");
     assert_eq!(shown["http"]["listen"].as_str(), Some("127.0.0.1:9100"), "environment overrides file");
     assert_eq!(shown["database"]["max_connections"].as_integer(), Some(5));
-    assert_eq!(shown["database"]["url"].as_str(), Some("postgres://app:***@db.example:5432/sdoh"), "flag wins, redacted");
+    assert_eq!(
+        shown["database"]["url"].as_str(),
+        Some("postgres://app:***@db.example:5432/sdoh"),
+        "flag wins, redacted"
+    );
     assert!(!out.contains("s3cret"));
     assert!(shown["workers"]["lease_secs"].as_integer().is_some(), "defaults fill the rest");
 }

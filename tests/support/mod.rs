@@ -24,7 +24,7 @@ impl Gateway {
         let mut command = Command::new(BIN);
         command
             .current_dir(cwd)
-            .args(["--log-format", "json", "--log-level", "info"])
+            .args(["--log-format", "json", "--log-level", "info", "--mllp-listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -66,8 +66,15 @@ impl Gateway {
 
     /// Waits for the `ready` line and returns the HTTP address it reports.
     pub fn wait_ready(&mut self) -> SocketAddr {
+        self.wait_ready_both().0
+    }
+
+    /// Waits for the `ready` line and returns the HTTP and MLLP addresses it reports.
+    pub fn wait_ready_both(&mut self) -> (SocketAddr, SocketAddr) {
         let line = self.wait_for_log("ready", Duration::from_secs(30));
-        line["http_addr"].as_str().expect("http_addr").parse().expect("address")
+        let http = line["http_addr"].as_str().expect("http_addr").parse().expect("address");
+        let mllp = line["mllp_addr"].as_str().expect("mllp_addr").parse().expect("MLLP address");
+        (http, mllp)
     }
 
     pub fn terminate(&mut self) {
@@ -130,7 +137,8 @@ pub fn parse_response(raw: &[u8]) -> (u16, String, String) {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     (status, head.to_owned(), body)
 }
 
@@ -234,5 +242,51 @@ impl CuttableProxy {
     /// Listens again on the same address.
     pub async fn restore(&mut self) {
         self.listen().await;
+    }
+}
+
+/// MLLP over a plain TCP stream, written out here so the tests do not trust the code under test for framing.
+pub mod mllp {
+    use std::io::{Read, Write};
+
+    pub const START: u8 = 0x0B;
+    pub const END: [u8; 2] = [0x1C, 0x0D];
+
+    pub fn frame(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(message.len() + 3);
+        out.push(START);
+        out.extend_from_slice(message);
+        out.extend_from_slice(&END);
+        out
+    }
+
+    /// Reads one framed reply; `None` when the peer closed the connection first.
+    pub fn read_frame(stream: &mut impl Read) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match stream.read(&mut byte) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => buf.push(byte[0]),
+            }
+            if buf.ends_with(&END) {
+                let start = buf.iter().position(|b| *b == START)?;
+                return Some(buf[start + 1..buf.len() - 2].to_vec());
+            }
+        }
+    }
+
+    pub fn send(stream: &mut (impl Read + Write), message: &[u8]) -> Option<Vec<u8>> {
+        stream.write_all(&frame(message)).ok()?;
+        read_frame(stream)
+    }
+
+    /// A field of a segment in an ER7 message with standard delimiters, by HL7 numbering (MSH-1 is `|`).
+    pub fn field(message: &[u8], segment: &str, n: usize) -> Option<String> {
+        let text = String::from_utf8_lossy(message);
+        let seg = text.split(['\r', '\n']).find(|s| s.starts_with(segment))?;
+        let fields: Vec<&str> = seg.split('|').collect();
+        let index = if segment == "MSH" { n - 1 } else { n };
+        fields.get(index).map(|s| s.to_string())
     }
 }

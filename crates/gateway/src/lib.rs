@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod messages_cli;
 pub mod serve;
 pub mod synth;

@@ -1,5 +1,6 @@
 //! `sdoh-gateway serve`: open and migrate the store, serve HTTP, and shut down gracefully on SIGTERM or Ctrl-C.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -7,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{GatewayConfig, redact_url};
 use crate::http::{AppState, router};
+use crate::ingest::{AcceptPolicy, CommitSettings, GroupCommitter, IngestService};
 
 /// Opens the database named by the configuration, bounded by its connect timeout, and brings the schema up to date.
 pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<store::Store> {
@@ -37,6 +39,22 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
 
+    let mut mllp_addr = None;
+    let mut commit_tasks = None;
+    let mut mllp_task = None;
+    if config.mllp.enabled {
+        let (committer, tasks) = GroupCommitter::spawn(store.clone(), commit_settings(&config, store.backend()));
+        let policy = AcceptPolicy::new(&config.ingest.accepted_message_types, &config.ingest.accepted_processing_ids);
+        let service = Arc::new(IngestService::new(committer, policy));
+        let server = mllp::Server::bind(config.mllp.listen, listener_config(&config))
+            .await
+            .with_context(|| format!("cannot listen for MLLP on {}", config.mllp.listen))?;
+        mllp_addr = Some(server.local_addr()?);
+        let stop = shutdown.clone();
+        mllp_task = Some(tokio::spawn(async move { server.run(service, stop.cancelled_owned()).await }));
+        commit_tasks = Some(tasks);
+    }
+
     let app = router(
         AppState { store: store.clone(), max_attempts: config.workers.max_attempts },
         config.http.max_body_bytes,
@@ -47,6 +65,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
 
     tracing::info!(
         http_addr = %http_addr,
+        mllp_addr = mllp_addr.map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
         backend = store.backend().as_str(),
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
@@ -54,17 +73,63 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
 
     shutdown.cancelled().await;
     let grace = Duration::from_secs(config.shutdown.grace_period_secs);
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server stopped with an error"),
-        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-        Err(_) => {
-            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period")
+    let drained = async {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
         }
+        // The MLLP listener answers the frames it already has (their commits included) before it returns; the
+        // committers stop once its handler, the last holder of the submitting side, is gone.
+        if let Some(task) = mllp_task {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "MLLP listener stopped with an error"),
+                Err(e) => tracing::error!(error = %e, "MLLP listener task failed"),
+            }
+        }
+        if let Some(mut tasks) = commit_tasks {
+            while tasks.join_next().await.is_some() {}
+        }
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "in-flight work did not finish within the grace period");
     }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn commit_settings(config: &GatewayConfig, backend: store::BackendKind) -> CommitSettings {
+    let committers = match (config.ingest.committers, backend) {
+        (0, store::BackendKind::Sqlite) => 1,
+        (0, store::BackendKind::Postgres) => 4,
+        (n, _) => n,
+    };
+    CommitSettings {
+        max_batch: config.ingest.group_commit_max_batch,
+        committers,
+        job_queue: crate::admin::CONVERT_QUEUE.into(),
+        max_attempts: config.workers.max_attempts,
+    }
+}
+
+fn listener_config(config: &GatewayConfig) -> mllp::ListenerConfig {
+    let m = &config.mllp;
+    mllp::ListenerConfig {
+        max_connections: m.max_connections,
+        max_frame_len: m.max_frame_bytes,
+        read_timeout: Duration::from_secs(m.read_timeout_secs),
+        idle_timeout: Duration::from_secs(m.idle_timeout_secs),
+        max_in_flight_per_connection: m.max_in_flight_per_connection,
+        drain_timeout: Duration::from_secs(config.shutdown.grace_period_secs),
+        tls: m.tls.as_ref().map(|t| mllp::TlsServerConfig {
+            cert_chain_pem: t.cert_file.clone(),
+            key_pem: t.key_file.clone(),
+            client_ca_pem: t.client_ca_file.clone(),
+        }),
+        ..mllp::ListenerConfig::default()
+    }
 }
 
 /// Cancels `token` on the first SIGTERM or Ctrl-C.

@@ -49,7 +49,7 @@ impl MessageFactory {
 
     fn header(&self, control_id: &str, message_type: &str, n: u64) -> String {
         let ts = format!("20261123{:02}{:02}{:02}", (n / 3600) % 24, (n / 60) % 60, n % 60);
-        format!("MSH|^~\\&|EPIC|CLINIC-{}|SDOH-GATEWAY|SDOH-HUB|{ts}||{message_type}|{control_id}|P|2.5.1|||AL|NE||UNICODE UTF-8\r", n % 4)
+        format!("MSH|^~\\&|EPIC|CLINIC-{}|SDOH-GATEWAY|SDOH-HUB|{ts}||{message_type}|{control_id}|P|2.5.1|||||UNICODE UTF-8\r", n % 4)
     }
 
     fn pid(&mut self, n: u64) -> String {

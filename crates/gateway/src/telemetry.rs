@@ -35,8 +35,38 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; the handle still renders our registry then.
         let _ = metrics::set_global_recorder(recorder);
+        describe_metrics();
         handle
     })
+}
+
+/// HELP lines for every series the gateway emits, so a scrape documents itself.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("sdoh_gateway_build_info", "Build of the running gateway (version, database backend); always 1");
+    describe_gauge!("process_uptime_seconds", "Seconds since the process started");
+    describe_counter!("http_requests_total", "HTTP requests answered, by method, route template and status");
+    describe_histogram!("http_request_duration_seconds", "HTTP request latency, by method, route template and status");
+    describe_gauge!("db_pool_connections", "Database pool connections, by pool and state (idle, busy)");
+    describe_gauge!("db_pool_max_connections", "Database pool size limit, by pool");
+    describe_gauge!("db_up", "1 when the database answered the last scrape's queries, else 0");
+    describe_gauge!("jobs", "Background jobs by queue and state (ready, leased, dead); completed jobs are removed");
+    describe_gauge!("hl7_journal_messages", "Journaled HL7 v2 messages by processing status");
+    describe_counter!("hl7_messages_received_total", "HL7 v2 messages (MLLP frames carrying a message) received");
+    describe_counter!("hl7_messages_accepted_total", "HL7 v2 messages committed to the journal and acknowledged AA/CA, by type");
+    describe_counter!("hl7_messages_rejected_total", "HL7 v2 messages answered AE/AR/CE/CR, by reason");
+    describe_counter!("hl7_messages_duplicate_total", "Resent HL7 v2 messages acknowledged without being stored again");
+    describe_histogram!("hl7_ack_latency_seconds", "From a frame's arrival to its acknowledgment being ready, by ACK code");
+    describe_histogram!("ingest_group_commit_batch_size", "Messages per journal transaction (group commit)");
+    describe_histogram!("ingest_commit_duration_seconds", "Duration of one journal transaction");
+    describe_gauge!("mllp_connections_open", "Open MLLP connections");
+    describe_counter!("mllp_connections_accepted_total", "MLLP connections accepted");
+    describe_counter!("mllp_connections_refused_total", "MLLP connections closed at once because the connection limit was reached");
+    describe_counter!("mllp_frames_received_total", "Complete MLLP frames received");
+    describe_counter!("mllp_frame_errors_total", "MLLP framing errors, by reason");
+    describe_counter!("mllp_discarded_bytes_total", "Bytes received outside any MLLP frame and discarded");
+    describe_counter!("mllp_timeouts_total", "MLLP connections closed by a timeout, by kind");
+    describe_counter!("mllp_tls_handshake_failures_total", "MLLP TLS handshakes that failed");
 }
 
 pub fn uptime_seconds() -> f64 {
@@ -56,6 +86,12 @@ pub async fn refresh_scrape_gauges(store: &store::Store) {
     match counts {
         Ok(Ok(counts)) => {
             metrics::gauge!("db_up").set(1.0);
+            if let Ok(journal) = store.journal_counts().await {
+                for status in ["received", "converted", "failed"] {
+                    let n = journal.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                    metrics::gauge!("hl7_journal_messages", "status" => status).set(n as f64);
+                }
+            }
             // Zero every known series first so a drained queue shows 0 instead of its last value.
             for queue in KNOWN_QUEUES.lock().expect("queue list").iter() {
                 for state in ["ready", "leased", "dead"] {

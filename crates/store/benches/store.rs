@@ -142,6 +142,78 @@ fn bench_store(c: &mut Criterion) {
         });
     }
     group.finish();
+    bench_rusqlite_peer(c, &backends[0]);
+}
+
+/// The peer: rusqlite on the same database file and the same statements, without sqlx's async layer.
+fn bench_rusqlite_peer(c: &mut Criterion, sqlite: &Backend) {
+    let path = sqlite._dir.as_ref().expect("sqlite folder").path().join("bench.db");
+    let mut group = c.benchmark_group("peer_rusqlite");
+    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    const READERS: usize = 2;
+    const READS_EACH: usize = 2000;
+    group.throughput(Throughput::Elements((READERS * READS_EACH) as u64));
+    group.bench_function("read_by_id_x2_threads", |b| {
+        b.iter_custom(|iters| {
+            let started = Instant::now();
+            for _ in 0..iters {
+                std::thread::scope(|scope| {
+                    for r in 0..READERS {
+                        let path = path.clone();
+                        scope.spawn(move || {
+                            let conn = rusqlite::Connection::open(&path).unwrap();
+                            let mut stmt = conn
+                                .prepare_cached(
+                                    "SELECT resource_type, id, version_id, last_updated_us, deleted, content \
+                                     FROM resources WHERE resource_type = ?1 AND id = ?2",
+                                )
+                                .unwrap();
+                            for i in 0..READS_EACH {
+                                let id = format!("obs-{}", 1 + (r * READS_EACH + i) % 500);
+                                let found: Option<String> = stmt
+                                    .query_row(rusqlite::params!["Observation", id], |row| row.get(5))
+                                    .ok();
+                                assert!(found.is_some());
+                            }
+                        });
+                    }
+                });
+            }
+            started.elapsed()
+        })
+    });
+    group.throughput(Throughput::Elements(100));
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    let mut next = 5_000_000usize;
+    group.bench_function("write_batch_100", |b| {
+        b.iter(|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            for _ in 0..100 {
+                next += 1;
+                let id = format!("obs-{next}");
+                let mut resource = observation(next);
+                resource["meta"] = json!({"versionId": "1", "lastUpdated": "2026-11-23T10:00:00.000000Z"});
+                let content = serde_json::to_string(&resource).unwrap();
+                let existing: Option<i64> = tx
+                    .query_row(
+                        "SELECT version_id FROM resources WHERE resource_type = ?1 AND id = ?2",
+                        rusqlite::params!["Observation", id],
+                        |r| r.get(0),
+                    )
+                    .ok();
+                assert!(existing.is_none());
+                for sql in [
+                    "INSERT INTO resources (resource_type, id, version_id, last_updated_us, deleted, content) VALUES (?1, ?2, 1, 0, 0, ?3)",
+                    "INSERT INTO resource_history (resource_type, id, version_id, last_updated_us, deleted, content) VALUES (?1, ?2, 1, 0, 0, ?3)",
+                ] {
+                    tx.prepare_cached(sql).unwrap().execute(rusqlite::params!["Observation", id, content]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench_store);

@@ -84,32 +84,32 @@ async fn run_committer(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Pending>
 
 async fn commit_batch(store: &Store, settings: &CommitSettings, batch: &mut Vec<Pending>) {
     let started = Instant::now();
-    let messages: Vec<NewMessage> = batch.iter().map(|p| p.message.clone()).collect();
-    metrics::histogram!("ingest_group_commit_batch_size").record(batch.len() as f64);
+    let (messages, replies): (Vec<NewMessage>, Vec<_>) = batch.drain(..).map(|p| (p.message, p.reply)).unzip();
+    metrics::histogram!("ingest_group_commit_batch_size").record(messages.len() as f64);
     match store.journal_messages(&messages, &settings.job_queue, settings.max_attempts).await {
         Ok(outcomes) => {
             metrics::histogram!("ingest_commit_duration_seconds").record(started.elapsed().as_secs_f64());
-            for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                let _ = pending.reply.send(Ok(outcome));
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
         }
-        Err(e) if e.is_transient() || batch.len() == 1 => {
-            tracing::warn!(error = %e, messages = batch.len(), "journal commit failed; senders are told to resend");
+        Err(e) if e.is_transient() || messages.len() == 1 => {
+            tracing::warn!(error = %e, messages = messages.len(), "journal commit failed; senders are told to resend");
             let error = if e.is_transient() { CommitError::Unavailable } else { CommitError::Failed };
-            for pending in batch.drain(..) {
-                let _ = pending.reply.send(Err(error.clone()));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
             }
         }
         Err(e) => {
             // One bad message must not sink the others: retry each alone so only the culprit is refused.
-            tracing::warn!(error = %e, messages = batch.len(), "journal batch failed; retrying messages one by one");
-            for pending in batch.drain(..) {
+            tracing::warn!(error = %e, messages = messages.len(), "journal batch failed; retrying messages one by one");
+            for (message, reply) in messages.iter().zip(replies) {
                 let outcome = store
-                    .journal_messages(std::slice::from_ref(&pending.message), &settings.job_queue, settings.max_attempts)
+                    .journal_messages(std::slice::from_ref(message), &settings.job_queue, settings.max_attempts)
                     .await
                     .map(|mut o| o.remove(0))
                     .map_err(|e| if e.is_transient() { CommitError::Unavailable } else { CommitError::Failed });
-                let _ = pending.reply.send(outcome);
+                let _ = reply.send(outcome);
             }
         }
     }
