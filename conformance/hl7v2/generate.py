@@ -344,7 +344,7 @@ mf("utf8_invalid_in_msh", "Invalid UTF-8 inside MSH-4 under UNICODE UTF-8",
    + b"\rPID|1\r", "AR", 102, "MSH-4")
 mf("segment_id_lowercase", "Segment id in lowercase", good("BAD0025") + "\rpid|1||MRN90025\r", "AE", 100, "pid")
 mf("segment_id_two_chars", "Segment id with two characters", good("BAD0026") + "\rPI|1||MRN90026\r",
-   "AE", 100, "PI|")
+   "AE", 100, "PI")
 mf("segment_id_four_chars", "Segment id with four characters", good("BAD0027") + "\rPIDX|1\r", "AE", 100, "PID")
 mf("segment_id_too_short_v23", "Two-character segment id in a v2.3 message (ERR-1 style NAK)",
    good("BAD0028", ver="2.3", mtype="ADT^A08") + "\rZZ\r", "AE", 100, "ZZ")

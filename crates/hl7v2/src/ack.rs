@@ -88,11 +88,7 @@ impl AckCode {
 
 /// Enhanced mode when either MSH-15 or MSH-16 is valued.
 pub fn ack_mode(h: &Header) -> AckMode {
-    if h.enhanced_mode() {
-        AckMode::Enhanced
-    } else {
-        AckMode::Original
-    }
+    if h.enhanced_mode() { AckMode::Enhanced } else { AckMode::Original }
 }
 
 fn condition_allows(cond: Option<AckCondition>, outcome: Outcome) -> bool {
@@ -234,11 +230,7 @@ impl<'h> Ack<'h> {
     /// Encodes the ACK (CR segment terminators, the original's delimiters and charset).
     pub fn build(&self) -> Vec<u8> {
         let h = self.header;
-        let version = if SUPPORTED_VERSIONS.contains(&h.version.as_str()) {
-            h.version.as_str()
-        } else {
-            "2.5.1"
-        };
+        let version = if SUPPORTED_VERSIONS.contains(&h.version.as_str()) { h.version.as_str() } else { "2.5.1" };
         let v = version_tuple(version);
         let d = h.delimiters;
         let mut b = MessageBuilder::new(d).with_charset(h.charset.unwrap_or(Charset::Utf8));
@@ -273,10 +265,7 @@ impl<'h> Ack<'h> {
             let mut msa = b.segment("MSA");
             msa.field(1, self.code.as_str()).field(2, &h.control_id);
             if v < (2, 5, 0) {
-                let text = self
-                    .text
-                    .as_deref()
-                    .or_else(|| self.errors.first().map(|e| e.message.as_str()));
+                let text = self.text.as_deref().or_else(|| self.errors.first().map(|e| e.message.as_str()));
                 if let Some(t) = text {
                     msa.field(3, t);
                 }
@@ -291,9 +280,7 @@ impl<'h> Ack<'h> {
                     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
                     err.components(2, &parts);
                 }
-                err.components(3, &[&code, e.code.text(), "HL70357"])
-                    .field(4, e.severity.code())
-                    .field(8, &e.message);
+                err.components(3, &[&code, e.code.text(), "HL70357"]).field(4, e.severity.code()).field(8, &e.message);
             } else {
                 // ELD: segment^sequence^field^code&text&HL70357 (CE as subcomponents).
                 let esc = |s: &str| escape(s, &d).into_owned();
@@ -330,10 +317,7 @@ mod tests {
         let m = Message::parse(ADT).unwrap();
         let h = m.header();
         let ack = Ack::accept(&h, "20240102", "ACK1").build();
-        assert_eq!(
-            ack,
-            b"MSH|^~\\&|RCV|RFAC|SND^1.2.3^ISO|SFAC|20240102||ACK^A01^ACK|ACK1|P|2.5.1\rMSA|AA|MSG1\r"
-        );
+        assert_eq!(ack, b"MSH|^~\\&|RCV|RFAC|SND^1.2.3^ISO|SFAC|20240102||ACK^A01^ACK|ACK1|P|2.5.1\rMSA|AA|MSG1\r");
         let a = Message::parse(&ack).unwrap();
         assert_eq!(a.text("MSA-1").unwrap(), "AA");
     }

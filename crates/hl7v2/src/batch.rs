@@ -58,31 +58,16 @@ impl<'a> Batch<'a> {
             return Err(reject(ErrorCode::ApplicationInternalError, "BHS", 1, 0, "batch larger than 4 GiB"));
         }
         let lines = index_lines(raw);
-        let line = |i: usize| {
-            lines
-                .get(i)
-                .and_then(|&(s, e)| raw.get(s as usize..e as usize))
-                .unwrap_or_default()
-        };
+        let line = |i: usize| lines.get(i).and_then(|&(s, e)| raw.get(s as usize..e as usize)).unwrap_or_default();
         let id = |i: usize| line(i).get(..3).unwrap_or_default();
         let first = line(0);
         if !matches!(id(0), b"FHS" | b"BHS") {
             return Err(reject(ErrorCode::SegmentSequence, "BHS", 1, 0, "batch must start with FHS or BHS"));
         }
         let d = header_delimiters(first)?;
-        let cs = if std::str::from_utf8(raw).is_ok() {
-            Charset::Utf8
-        } else {
-            Charset::Latin1
-        };
+        let cs = if std::str::from_utf8(raw).is_ok() { Charset::Utf8 } else { Charset::Latin1 };
         let seg = |i: usize| Segment::new(line(i), d, cs);
-        let mut batch = Batch {
-            raw,
-            d,
-            file_header: None,
-            file_trailer: None,
-            groups: Vec::new(),
-        };
+        let mut batch = Batch { raw, d, file_header: None, file_trailer: None, groups: Vec::new() };
         let mut open: Option<BatchGroup<'a>> = None;
         let mut i = 0;
         while i < lines.len() {
@@ -104,11 +89,7 @@ impl<'a> Batch<'a> {
                     if let Some(g) = open.take() {
                         batch.groups.push(g);
                     }
-                    open = Some(BatchGroup {
-                        header: seg(i),
-                        trailer: None,
-                        messages: Vec::new(),
-                    });
+                    open = Some(BatchGroup { header: seg(i), trailer: None, messages: Vec::new() });
                 }
                 b"MSH" => {
                     let Some(g) = open.as_mut() else {

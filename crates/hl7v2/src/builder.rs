@@ -15,11 +15,7 @@ pub struct MessageBuilder {
 impl MessageBuilder {
     /// A builder with the given delimiters writing UTF-8.
     pub fn new(d: Delimiters) -> Self {
-        MessageBuilder {
-            d,
-            charset: Charset::Utf8,
-            buf: Vec::with_capacity(256),
-        }
+        MessageBuilder { d, charset: Charset::Utf8, buf: Vec::with_capacity(256) }
     }
 
     /// Encodes text values in `charset` (raw values are written as given).
@@ -162,10 +158,7 @@ mod tests {
         b.segment("PID").field(5, "O|Brien^Pat").repetitions(3, &["1", "2"]);
         b.segment("NTE");
         let bytes = b.build();
-        assert_eq!(
-            bytes,
-            b"MSH|^~\\&|APP||||||RRI^I12^RRI_I12|X1|P|2.5.1\rPID|||1~2||O\\F\\Brien\\S\\Pat\rNTE\r"
-        );
+        assert_eq!(bytes, b"MSH|^~\\&|APP||||||RRI^I12^RRI_I12|X1|P|2.5.1\rPID|||1~2||O\\F\\Brien\\S\\Pat\rNTE\r");
         let m = Message::parse(&bytes).unwrap();
         assert_eq!(m.text("PID-5").unwrap(), "O|Brien^Pat");
         assert_eq!(m.text("PID-3[2]").unwrap(), "2");

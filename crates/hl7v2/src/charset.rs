@@ -22,11 +22,15 @@ impl Charset {
         if name.is_empty() {
             return Ok(None);
         }
-        match name.to_ascii_uppercase().as_slice() {
-            b"ASCII" | b"ISO IR6" => Ok(Some(Charset::Ascii)),
-            b"UNICODE UTF-8" => Ok(Some(Charset::Utf8)),
-            b"8859/1" | b"ISO IR100" => Ok(Some(Charset::Latin1)),
-            _ => Err(()),
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        if is(b"ASCII") || is(b"ISO IR6") {
+            Ok(Some(Charset::Ascii))
+        } else if is(b"UNICODE UTF-8") {
+            Ok(Some(Charset::Utf8))
+        } else if is(b"8859/1") || is(b"ISO IR100") {
+            Ok(Some(Charset::Latin1))
+        } else {
+            Err(())
         }
     }
 
@@ -65,11 +69,9 @@ impl Charset {
     /// Encodes text for output in this charset; characters Latin-1 cannot hold become `?`.
     pub fn encode(self, text: &str) -> Cow<'_, [u8]> {
         match self {
-            Charset::Latin1 if !text.is_ascii() => Cow::Owned(
-                text.chars()
-                    .map(|c| u8::try_from(c).unwrap_or(b'?'))
-                    .collect(),
-            ),
+            Charset::Latin1 if !text.is_ascii() => {
+                Cow::Owned(text.chars().map(|c| u8::try_from(c).unwrap_or(b'?')).collect())
+            }
             _ => Cow::Borrowed(text.as_bytes()),
         }
     }

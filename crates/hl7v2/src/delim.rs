@@ -61,12 +61,11 @@ impl Delimiters {
             [t] => Some(*t),
             _ => return Err(DelimiterError::BadEncodingLength),
         };
-        let mut seen = vec![field];
         for (i, &c) in encoding.iter().enumerate() {
-            if !legal(c) || seen.contains(&c) {
+            let earlier = encoding.get(..i).unwrap_or_default();
+            if !legal(c) || c == field || earlier.contains(&c) {
                 return Err(DelimiterError::BadEncodingChar(i));
             }
-            seen.push(c);
         }
         Ok(Delimiters {
             field,

@@ -127,21 +127,12 @@ pub struct ErrorLocation {
 impl ErrorLocation {
     /// A location naming a whole segment.
     pub fn segment(id: &str, sequence: u32) -> Self {
-        ErrorLocation {
-            segment: id.to_owned(),
-            sequence,
-            ..Default::default()
-        }
+        ErrorLocation { segment: id.to_owned(), sequence, ..Default::default() }
     }
 
     /// A location naming a field of a segment.
     pub fn field(id: &str, sequence: u32, field: u32) -> Self {
-        ErrorLocation {
-            segment: id.to_owned(),
-            sequence,
-            field,
-            ..Default::default()
-        }
+        ErrorLocation { segment: id.to_owned(), sequence, field, ..Default::default() }
     }
 
     /// Same location narrowed to a component.
@@ -154,20 +145,9 @@ impl ErrorLocation {
     /// unknown parts left out so receivers don't read a zero as a real position.
     pub fn erl_parts(&self) -> Vec<String> {
         let mut parts = vec![self.segment.clone(), self.sequence.max(1).to_string()];
-        let rest = [
-            self.field,
-            self.repetition.max(u32::from(self.field > 0)),
-            self.component,
-            self.subcomponent,
-        ];
+        let rest = [self.field, self.repetition.max(u32::from(self.field > 0)), self.component, self.subcomponent];
         let keep = rest.iter().rposition(|&v| v > 0).map_or(0, |i| i + 1);
-        parts.extend(rest.iter().take(keep).map(|v| {
-            if *v == 0 {
-                String::new()
-            } else {
-                v.to_string()
-            }
-        }));
+        parts.extend(rest.iter().take(keep).map(|v| if *v == 0 { String::new() } else { v.to_string() }));
         parts
     }
 }
@@ -221,21 +201,11 @@ pub struct ParseError {
 
 impl ParseError {
     pub(crate) fn reject(code: ErrorCode, location: ErrorLocation, message: impl Into<String>) -> Self {
-        ParseError {
-            code,
-            location,
-            message: message.into(),
-            class: ErrorClass::Reject,
-        }
+        ParseError { code, location, message: message.into(), class: ErrorClass::Reject }
     }
 
     pub(crate) fn error(code: ErrorCode, location: ErrorLocation, message: impl Into<String>) -> Self {
-        ParseError {
-            code,
-            location,
-            message: message.into(),
-            class: ErrorClass::Error,
-        }
+        ParseError { code, location, message: message.into(), class: ErrorClass::Error }
     }
 
     /// True when the answer must be AR/CR rather than AE/CE.
@@ -267,10 +237,7 @@ mod tests {
     fn erl_parts_trim_trailing() {
         assert_eq!(ErrorLocation::field("MSH", 1, 9).erl_parts(), ["MSH", "1", "9", "1"]);
         assert_eq!(ErrorLocation::segment("PID", 0).erl_parts(), ["PID", "1"]);
-        assert_eq!(
-            ErrorLocation::field("MSH", 1, 9).with_component(2).erl_parts(),
-            ["MSH", "1", "9", "1", "2"]
-        );
+        assert_eq!(ErrorLocation::field("MSH", 1, 9).with_component(2).erl_parts(), ["MSH", "1", "9", "1", "2"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 fn decode_hex(seq: &[u8], out: &mut Vec<u8>) -> bool {
-    if seq.is_empty() || seq.len() % 2 != 0 || !seq.iter().all(|b| hex(*b).is_some()) {
+    if seq.is_empty() || !seq.len().is_multiple_of(2) || !seq.iter().all(|b| hex(*b).is_some()) {
         return false;
     }
     for pair in seq.chunks_exact(2) {
@@ -42,7 +42,6 @@ pub fn unescape<'a>(raw: &'a [u8], d: &Delimiters) -> Cow<'a, [u8]> {
     while let Some(body) = rest.get(1..) {
         let Some(end) = memchr(esc, body) else {
             out.extend_from_slice(rest);
-            rest = &[];
             break;
         };
         let (seq, after) = body.split_at(end);
@@ -59,6 +58,7 @@ pub fn unescape<'a>(raw: &'a [u8], d: &Delimiters) -> Cow<'a, [u8]> {
         if let Some(c) = single {
             out.push(c);
         } else if seq == b"H" || seq == b"N" {
+            // Highlighting has no plain-text form.
         } else if let Some(hexes) = seq.strip_prefix(b"X") {
             if !decode_hex(hexes, &mut out) {
                 out.push(esc);
@@ -78,12 +78,10 @@ pub fn unescape<'a>(raw: &'a [u8], d: &Delimiters) -> Cow<'a, [u8]> {
             }
             None => {
                 out.extend_from_slice(after);
-                rest = &[];
                 break;
             }
         }
     }
-    debug_assert!(rest.is_empty());
     Cow::Owned(out)
 }
 

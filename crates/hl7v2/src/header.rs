@@ -133,30 +133,24 @@ impl Header {
     pub fn enhanced_mode(&self) -> bool {
         self.accept_ack_type.is_some() || self.application_ack_type.is_some()
     }
-
 }
 
 /// Keeps only bytes that cannot break an ER7 field with default delimiters, for fields read with
 /// guessed delimiters.
 fn sanitize(b: &[u8], d: &Delimiters) -> Vec<u8> {
-    b.iter()
-        .copied()
-        .filter(|&c| c.is_ascii_graphic() || c == b' ')
-        .filter(|&c| !d.is_special(c))
-        .take(199)
-        .collect()
+    b.iter().copied().filter(|&c| c.is_ascii_graphic() || c == b' ').filter(|&c| !d.is_special(c)).take(199).collect()
 }
 
 /// Extracts what it can of an MSH from input that failed to parse, so that a NAK can still
 /// echo MSH-10 in MSA-2 and address the sender. Never fails: unreadable parts stay empty.
 pub fn salvage_header(raw: &[u8]) -> Header {
-    let empty = || {
-        Header::from_msh(b"MSH|^~\\&", Delimiters::default(), None, Charset::Utf8, true)
-    };
+    let empty = || Header::from_msh(b"MSH|^~\\&", Delimiters::default(), None, Charset::Utf8, true);
     let Some(start) = memmem::find(raw, b"MSH") else {
         return empty();
     };
     let tail = raw.get(start..).unwrap_or_default();
+    // An MSH line is short; bounding the scan keeps offsets within u32 for any input size.
+    let tail = tail.get(..tail.len().min(1 << 20)).unwrap_or(tail);
     let Some(&(s, e)) = index_lines(tail).first() else {
         return empty();
     };
@@ -164,18 +158,13 @@ pub fn salvage_header(raw: &[u8]) -> Header {
     let cs_of = |seg: &[u8], d: &Delimiters| {
         let f = header_fields(seg, d);
         let name = f.get(18).copied().unwrap_or_default();
-        Charset::from_hl7(Split::new(name, d.repetition).next().unwrap_or_default())
-            .ok()
-            .flatten()
+        Charset::from_hl7(Split::new(name, d.repetition).next().unwrap_or_default()).ok().flatten()
     };
     match header_delimiters(seg) {
         Ok(d) => {
             let declared = cs_of(seg, &d);
-            let decode_as = declared.unwrap_or(if std::str::from_utf8(seg).is_ok() {
-                Charset::Utf8
-            } else {
-                Charset::Latin1
-            });
+            let decode_as =
+                declared.unwrap_or(if std::str::from_utf8(seg).is_ok() { Charset::Utf8 } else { Charset::Latin1 });
             let mut h = Header::from_msh(seg, d, declared, decode_as, true);
             // Copied verbatim into the NAK, so CR/LF or stray control bytes must not survive.
             for f in [
@@ -199,7 +188,16 @@ pub fn salvage_header(raw: &[u8]) -> Header {
                 Some(&c) if c.is_ascii_punctuation() => c,
                 _ => return empty(),
             };
-            let parts: Vec<&[u8]> = Split::new(seg, fs).collect();
+            let mut parts: Vec<&[u8]> = Split::new(seg, fs).collect();
+            // An MSH-2 that contains the field separator (`^~|&`) spills into the next part;
+            // drop such punctuation-only fragments so that MSH-3 onwards stay in place.
+            let mut enc_len = parts.get(1).map_or(0, |p| p.len());
+            while enc_len < 4
+                && parts.len() > 2
+                && parts.get(2).is_some_and(|p| !p.is_empty() && p.len() < 4 && p.iter().all(u8::is_ascii_punctuation))
+            {
+                enc_len += parts.remove(2).len() + 1;
+            }
             let get = |n: usize| {
                 let f = parts.get(n.saturating_sub(1)).copied().unwrap_or_default();
                 sanitize(Split::new(f, b'^').next().unwrap_or_default(), &d)
@@ -237,6 +235,13 @@ mod tests {
         assert_eq!(h.control_id, "CTL");
         assert_eq!(h.receiving_application, "RAPP");
         assert_eq!(h.trigger_event, "");
+    }
+
+    #[test]
+    fn salvage_field_separator_in_msh2() {
+        let h = salvage_header(b"MSH|^~|&|APP|FAC|RAPP|RFAC|2024||ADT^A01|CTL8|P|2.5");
+        assert_eq!(h.control_id, "CTL8");
+        assert_eq!(h.sending_application, "APP");
     }
 
     #[test]

@@ -23,8 +23,8 @@ mod message;
 mod path;
 
 pub use ack::{
-    Ack, AckCode, AckError, AckMode, Outcome, Severity, ack_mode, nak_for_unparseable,
-    should_send_accept_ack, should_send_application_ack, version_tuple,
+    Ack, AckCode, AckError, AckMode, Outcome, Severity, ack_mode, nak_for_unparseable, should_send_accept_ack,
+    should_send_application_ack, version_tuple,
 };
 pub use batch::{Batch, BatchGroup};
 pub use builder::{MessageBuilder, SegmentBuilder};
@@ -33,7 +33,5 @@ pub use delim::{DelimiterError, Delimiters};
 pub use error::{ErrorClass, ErrorCode, ErrorLocation, ParseError};
 pub use escape::{escape, unescape};
 pub use header::{AckCondition, Header, salvage_header};
-pub use message::{
-    Component, Field, Fields, Message, Repetition, SUPPORTED_VERSIONS, Segment, Subcomponent, Value,
-};
+pub use message::{Component, Field, Fields, Message, Repetition, SUPPORTED_VERSIONS, Segment, Subcomponent, Value};
 pub use path::{Path, PathError};

@@ -13,9 +13,8 @@ use crate::header::Header;
 use crate::path::Path;
 
 /// HL7 versions this crate accepts in MSH-12.
-pub const SUPPORTED_VERSIONS: [&str; 12] = [
-    "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2",
-];
+pub const SUPPORTED_VERSIONS: [&str; 12] =
+    ["2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"];
 
 /// Delimiters and charset travel together to every slice so that `text()` can decode it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +36,40 @@ impl<'a> Split<'a> {
     }
 }
 
+/// Finds `sep` in `s`. Most ER7 parts are a few bytes long, where memchr's setup cost
+/// dominates, so the first 32 bytes are scanned 8 at a time in a u64 (SWAR); memchr takes over
+/// for long values such as embedded documents.
+#[inline]
+pub(crate) fn find(sep: u8, s: &[u8]) -> Option<usize> {
+    const LO: u64 = u64::from_ne_bytes([1; 8]);
+    const HI: u64 = LO << 7;
+    const HEAD_CHUNKS: usize = 4;
+    let pat = LO * u64::from(sep);
+    let (chunks, rest) = s.as_chunks::<8>();
+    for (i, c) in chunks.iter().take(HEAD_CHUNKS).enumerate() {
+        let x = u64::from_le_bytes(*c) ^ pat;
+        // Classic "has zero byte": the lowest flagged byte is always a true match (borrows only
+        // cause false flags above a real zero), and little-endian makes it the first in memory.
+        let m = x.wrapping_sub(LO) & !x & HI;
+        if m != 0 {
+            return Some(i * 8 + (m.trailing_zeros() / 8) as usize);
+        }
+    }
+    if chunks.len() > HEAD_CHUNKS {
+        let off = HEAD_CHUNKS * 8;
+        return memchr(sep, s.get(off..)?).map(|i| i + off);
+    }
+    let off = chunks.len() * 8;
+    rest.iter().position(|&b| b == sep).map(|i| i + off)
+}
+
 impl<'a> Iterator for Split<'a> {
     type Item = &'a [u8];
 
     #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         let s = self.rest?;
-        match memchr(self.sep, s) {
+        match find(self.sep, s) {
             Some(i) => {
                 let (part, tail) = s.split_at(i);
                 self.rest = tail.get(1..);
@@ -87,15 +113,62 @@ fn valid_id(seg: &[u8], fs: u8) -> bool {
     }
 }
 
+/// The segment id as far as it is readable, for error locations: the alphanumeric prefix (at
+/// most 3 bytes) so that `PI|...` reports `PI`, or the raw first bytes when there is none.
 fn id_text(seg: &[u8]) -> String {
     let id = seg.get(..3).unwrap_or(seg);
+    let alnum = id.iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+    let id = if alnum > 0 { id.get(..alnum).unwrap_or(id) } else { id };
     String::from_utf8_lossy(id).into_owned()
+}
+
+/// Typical messages have a handful of segments; keeping their ranges inline saves the one heap
+/// allocation a parse would otherwise need.
+const INLINE_SEGMENTS: usize = 8;
+
+/// Segment byte ranges `(start, end)`, end exclusive of the terminator.
+#[derive(Debug, Clone)]
+pub(crate) enum SegIndex {
+    Inline { len: u8, items: [(u32, u32); INLINE_SEGMENTS] },
+    Heap(Vec<(u32, u32)>),
+}
+
+impl SegIndex {
+    #[inline]
+    fn push(&mut self, v: (u32, u32)) {
+        match self {
+            SegIndex::Inline { len, items } => {
+                if let Some(slot) = items.get_mut(usize::from(*len)) {
+                    *slot = v;
+                    *len += 1;
+                } else {
+                    let mut heap = Vec::with_capacity(INLINE_SEGMENTS * 4);
+                    heap.extend_from_slice(items);
+                    heap.push(v);
+                    *self = SegIndex::Heap(heap);
+                }
+            }
+            SegIndex::Heap(h) => h.push(v),
+        }
+    }
+}
+
+impl Deref for SegIndex {
+    type Target = [(u32, u32)];
+
+    #[inline]
+    fn deref(&self) -> &[(u32, u32)] {
+        match self {
+            SegIndex::Inline { len, items } => items.get(..usize::from(*len)).unwrap_or_default(),
+            SegIndex::Heap(h) => h,
+        }
+    }
 }
 
 /// Splits `raw` at CR, LF or CRLF; empty and whitespace-only lines are skipped so that trailing
 /// blank lines and CRLF pairs don't become segments.
-pub(crate) fn index_lines(raw: &[u8]) -> Vec<(u32, u32)> {
-    let mut segs = Vec::with_capacity(16);
+pub(crate) fn index_lines(raw: &[u8]) -> SegIndex {
+    let mut segs = SegIndex::Inline { len: 0, items: [(0, 0); INLINE_SEGMENTS] };
     let mut start = 0usize;
     let mut push = |s: usize, e: usize| {
         if let Some(line) = raw.get(s..e)
@@ -116,8 +189,8 @@ pub(crate) fn index_lines(raw: &[u8]) -> Vec<(u32, u32)> {
 
 /// Reads MSH-1/MSH-2 (or FHS/BHS-1/2) from a header segment.
 pub(crate) fn header_delimiters(seg: &[u8]) -> Result<Delimiters, ParseError> {
-    let id = id_text(seg);
     let Some(&fs) = seg.get(3) else {
+        let id = id_text(seg);
         return Err(ParseError::reject(
             ErrorCode::RequiredFieldMissing,
             ErrorLocation::field(&id, 1, 1),
@@ -127,27 +200,29 @@ pub(crate) fn header_delimiters(seg: &[u8]) -> Result<Delimiters, ParseError> {
     let area = seg.get(4..).unwrap_or_default();
     let enc = Split::new(area, fs).next().unwrap_or_default();
     Delimiters::new(fs, enc).map_err(|e| {
+        let id = id_text(seg);
         let (field, msg) = match e {
             DelimiterError::BadFieldSeparator => (1, format!("{id}-1 is not a legal field separator")),
-            DelimiterError::BadEncodingLength => {
-                (2, format!("{id}-2 must hold 4 or 5 encoding characters"))
+            DelimiterError::BadEncodingLength => (2, format!("{id}-2 must hold 4 or 5 encoding characters")),
+            DelimiterError::BadEncodingChar(i) => {
+                (2, format!("{id}-2 character {} is illegal or duplicates another delimiter", i + 1))
             }
-            DelimiterError::BadEncodingChar(i) => (
-                2,
-                format!("{id}-2 character {} is illegal or duplicates another delimiter", i + 1),
-            ),
         };
         ParseError::reject(ErrorCode::DataType, ErrorLocation::field(&id, 1, field), msg)
     })
 }
 
 /// Fields of a header segment by HL7 number (index 0 and 1 unused, 2 = encoding characters).
-pub(crate) fn header_fields<'a>(seg: &'a [u8], d: &Delimiters) -> Vec<&'a [u8]> {
-    let mut v: Vec<&[u8]> = Vec::with_capacity(24);
-    v.push(&[]);
-    v.extend(Split::new(seg, d.field));
+pub(crate) fn header_fields<'a>(seg: &'a [u8], d: &Delimiters) -> [&'a [u8]; HEADER_FIELDS] {
+    let mut v: [&[u8]; HEADER_FIELDS] = [&[]; HEADER_FIELDS];
+    for (slot, part) in v.iter_mut().skip(1).zip(Split::new(seg, d.field)) {
+        *slot = part;
+    }
     v
 }
+
+/// Header fields read by this crate go up to MSH-21; a fixed array avoids an allocation.
+pub(crate) const HEADER_FIELDS: usize = 22;
 
 fn msh_err(code: ErrorCode, field: u32, component: u32, msg: String) -> ParseError {
     ParseError::reject(code, ErrorLocation::field("MSH", 1, field).with_component(component), msg)
@@ -227,12 +302,7 @@ fn validate_msh(seg: &[u8], d: &Delimiters) -> Result<Option<Charset>, ParseErro
     }
     let cs = Split::new(get(18), d.repetition).next().unwrap_or_default();
     Charset::from_hl7(cs).map_err(|()| {
-        msh_err(
-            ErrorCode::TableValueNotFound,
-            18,
-            0,
-            format!("character set '{}' is not supported", show(cs)),
-        )
+        msh_err(ErrorCode::TableValueNotFound, 18, 0, format!("character set '{}' is not supported", show(cs)))
     })
 }
 
@@ -243,7 +313,7 @@ pub struct Message<'a> {
     raw: &'a [u8],
     ctx: Ctx,
     declared: Option<Charset>,
-    segs: Vec<(u32, u32)>,
+    segs: SegIndex,
 }
 
 impl<'a> Message<'a> {
@@ -257,10 +327,7 @@ impl<'a> Message<'a> {
             ));
         }
         let segs = index_lines(raw);
-        let msh = segs
-            .first()
-            .and_then(|&(s, e)| raw.get(s as usize..e as usize))
-            .unwrap_or_default();
+        let msh = segs.first().and_then(|&(s, e)| raw.get(s as usize..e as usize)).unwrap_or_default();
         if !msh.starts_with(b"MSH") {
             let why = if msh.starts_with(b"FHS") || msh.starts_with(b"BHS") {
                 "input is a batch; use Batch::parse"
@@ -271,15 +338,7 @@ impl<'a> Message<'a> {
         }
         let d = header_delimiters(msh)?;
         let declared = validate_msh(msh, &d)?;
-        let mut msg = Message {
-            raw,
-            ctx: Ctx {
-                d,
-                cs: declared.unwrap_or(Charset::Utf8),
-            },
-            declared,
-            segs,
-        };
+        let mut msg = Message { raw, ctx: Ctx { d, cs: declared.unwrap_or(Charset::Utf8) }, declared, segs };
         for i in 1..msg.segs.len() {
             let seg = msg.segment_at(i).map(|s| s.raw).unwrap_or_default();
             if !valid_id(seg, d.field) {
@@ -323,11 +382,7 @@ impl<'a> Message<'a> {
 
     fn segment_location(&self, idx: usize) -> ErrorLocation {
         let id = self.segment_at(idx).map(|s| id_text(s.raw)).unwrap_or_default();
-        let seq = self
-            .segments()
-            .take(idx + 1)
-            .filter(|s| s.raw.get(..3) == id.as_bytes().get(..3))
-            .count();
+        let seq = self.segments().take(idx + 1).filter(|s| s.raw.get(..3) == id.as_bytes().get(..3)).count();
         ErrorLocation::segment(&id, u32::try_from(seq).unwrap_or(u32::MAX))
     }
 
@@ -410,19 +465,13 @@ impl<'a> Message<'a> {
 
     fn segment_at(&self, i: usize) -> Option<Segment<'a>> {
         let &(s, e) = self.segs.get(i)?;
-        Some(Segment {
-            raw: self.raw.get(s as usize..e as usize)?,
-            ctx: self.ctx,
-        })
+        Some(Segment { raw: self.raw.get(s as usize..e as usize)?, ctx: self.ctx })
     }
 
     /// All segments in order.
     pub fn segments(&self) -> impl ExactSizeIterator<Item = Segment<'a>> + '_ {
         let (raw, ctx) = (self.raw, self.ctx);
-        self.segs.iter().map(move |&(s, e)| Segment {
-            raw: raw.get(s as usize..e as usize).unwrap_or_default(),
-            ctx,
-        })
+        self.segs.iter().map(move |&(s, e)| Segment { raw: raw.get(s as usize..e as usize).unwrap_or_default(), ctx })
     }
 
     /// Segments with the given id.
@@ -437,10 +486,7 @@ impl<'a> Message<'a> {
 
     /// The MSH segment.
     pub fn msh(&self) -> Segment<'a> {
-        self.segment_at(0).unwrap_or(Segment {
-            raw: &[],
-            ctx: self.ctx,
-        })
+        self.segment_at(0).unwrap_or(Segment { raw: &[], ctx: self.ctx })
     }
 
     /// Value at a path like `PID-3[2].1`, `OBX[3]-5` or `PID-5.1.2`; `None` when the path is
@@ -456,10 +502,8 @@ impl<'a> Message<'a> {
 
     /// Value at a pre-parsed path.
     pub fn get_path(&self, p: &Path) -> Option<Value<'a>> {
-        let seg = self
-            .segments()
-            .filter(|s| s.raw.get(..3) == Some(&p.segment[..]))
-            .nth(p.occurrence.checked_sub(1)?)?;
+        let seg =
+            self.segments().filter(|s| s.raw.get(..3) == Some(&p.segment[..])).nth(p.occurrence.checked_sub(1)?)?;
         let rep = seg.field(p.field)?.repetition(p.repetition.max(1))?;
         if p.component == 0 {
             return Some(rep.0);
@@ -486,18 +530,12 @@ pub struct Segment<'a> {
 
 impl<'a> Segment<'a> {
     pub(crate) fn new(raw: &'a [u8], d: Delimiters, cs: Charset) -> Self {
-        Segment {
-            raw,
-            ctx: Ctx { d, cs },
-        }
+        Segment { raw, ctx: Ctx { d, cs } }
     }
 
     /// Three-character segment id.
     pub fn id(&self) -> &'a str {
-        self.raw
-            .get(..3)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or_default()
+        self.raw.get(..3).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
     }
 
     /// Segment bytes without terminator.
@@ -511,12 +549,7 @@ impl<'a> Segment<'a> {
         let mut split = Split::new(self.raw, self.ctx.d.field);
         split.next();
         let header = is_header_id(self.raw.get(..3).unwrap_or_default());
-        Fields {
-            split,
-            ctx: self.ctx,
-            separator: if header { self.raw.get(3..4) } else { None },
-            literal_next: header,
-        }
+        Fields { split, ctx: self.ctx, separator: if header { self.raw.get(3..4) } else { None }, literal_next: header }
     }
 
     /// Field `n` (1-based); `None` when the segment has fewer fields.
@@ -594,18 +627,27 @@ impl<'a> Value<'a> {
         self.ctx.d
     }
 
-    fn parts(&self, sep: u8) -> impl Iterator<Item = Value<'a>> + use<'a> {
-        let (ctx, literal) = (self.ctx, self.literal);
-        let raw = self.raw;
+    fn parts(&self, sep: u8) -> Parts<'a> {
+        Parts { split: Split::new(self.raw, sep), ctx: self.ctx, literal: self.literal }
+    }
+}
+
+/// Sub-parts of a value at the next level down.
+#[derive(Debug, Clone)]
+struct Parts<'a> {
+    split: Split<'a>,
+    ctx: Ctx,
+    literal: bool,
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = Value<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Value<'a>> {
         // Literal values (MSH-1, MSH-2) contain the delimiters themselves and must not be split.
-        let sep = if literal { None } else { Some(sep) };
-        let mut split = sep.map(|s| Split::new(raw, s));
-        let mut whole = if literal { Some(raw) } else { None };
-        std::iter::from_fn(move || match split.as_mut() {
-            Some(s) => s.next(),
-            None => whole.take(),
-        })
-        .map(move |r| Value::new(r, ctx, literal))
+        let raw = if self.literal { self.split.rest.take()? } else { self.split.next()? };
+        Some(Value::new(raw, self.ctx, self.literal))
     }
 }
 
@@ -686,5 +728,114 @@ impl<'a> Component<'a> {
     /// Subcomponent `n` (1-based).
     pub fn subcomponent(&self, n: usize) -> Option<Subcomponent<'a>> {
         self.subcomponents().nth(n.checked_sub(1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADT: &[u8] = b"MSH|^~\\&|APP^1.2^ISO|FAC|RCV|RFAC|20240101||ADT^A01^ADT_A01|C1|P|2.5.1\r\
+EVN|A01\rPID|1||A1^^^X^MR~B2^^^Y^SS||Doe&Van&Doe^Jane||\"\"||\rOBX|1\rOBX|2|ST|c||v2\r";
+
+    proptest::proptest! {
+        #[test]
+        fn find_matches_naive(s in proptest::collection::vec(proptest::sample::select(b"|^~&ab\x80\xff\x00".to_vec()), 0..80), sep in proptest::sample::select(b"|^~&\xff".to_vec())) {
+            proptest::prop_assert_eq!(find(sep, &s), s.iter().position(|&b| b == sep));
+        }
+    }
+
+    #[test]
+    fn typed_navigation() {
+        let m = Message::parse(ADT).unwrap();
+        assert_eq!(m.segment_count(), 5);
+        let ids: Vec<_> = m.segments().map(|s| s.id()).collect();
+        assert_eq!(ids, ["MSH", "EVN", "PID", "OBX", "OBX"]);
+        let msh = m.msh();
+        assert_eq!(msh.field(1).unwrap().raw(), b"|");
+        assert_eq!(msh.field(2).unwrap().raw(), b"^~\\&");
+        assert_eq!(msh.field(2).unwrap().repetitions().count(), 1);
+        assert_eq!(msh.field(3).unwrap().component(2).unwrap().text(), "1.2");
+        let pid = m.segment("PID", 1).unwrap();
+        let f3 = pid.field(3).unwrap();
+        assert_eq!(f3.repetitions().count(), 2);
+        assert_eq!(f3.repetition(2).unwrap().component(5).unwrap().text(), "SS");
+        let name = pid.field(5).unwrap().component(1).unwrap();
+        assert_eq!(name.subcomponent(2).unwrap().text(), "Van");
+        assert_eq!(name.subcomponents().count(), 3);
+        assert!(pid.field(7).unwrap().is_null());
+        assert!(pid.field(8).unwrap().is_empty() && !pid.field(8).unwrap().is_null());
+        assert!(pid.field(30).is_none());
+        assert_eq!(m.segment("OBX", 2).unwrap().field(5).unwrap().text(), "v2");
+    }
+
+    #[test]
+    fn paths() {
+        let m = Message::parse(ADT).unwrap();
+        assert_eq!(m.text("PID-3[2].1").unwrap(), "B2");
+        assert_eq!(m.text("PID-3").unwrap(), "A1^^^X^MR");
+        assert_eq!(m.text("PID-5.1.3").unwrap(), "Doe");
+        assert_eq!(m.text("OBX[2]-5").unwrap(), "v2");
+        assert_eq!(m.text("MSH-9.2").unwrap(), "A01");
+        assert!(m.get("OBX[3]-5").is_none());
+        assert!(m.get("bogus").is_none());
+        let h = m.header();
+        assert_eq!((h.message_type.as_str(), h.trigger_event.as_str()), ("ADT", "A01"));
+        assert_eq!(h.message_structure, "ADT_A01");
+        assert_eq!(h.sending_application, "APP");
+        assert!(!h.enhanced_mode());
+    }
+
+    #[test]
+    fn terminators_and_round_trip() {
+        for term in ["\r", "\n", "\r\n"] {
+            let text = format!("MSH|^~\\&|A||||||ADT^A01|1|P|2.4{term}PID|1{term}{term}");
+            let m = Message::parse(text.as_bytes()).unwrap();
+            assert_eq!(m.segment_count(), 2);
+            assert_eq!(m.encode(), text.as_bytes());
+            assert_eq!(m.as_bytes(), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn charsets() {
+        let m = Message::parse(b"MSH|^~\\&|||||||ADT^A01|1|P|2.5\rPID|1||||M\xfcller").unwrap();
+        assert_eq!(m.charset(), Charset::Latin1);
+        assert_eq!(m.text("PID-5").unwrap(), "Müller");
+        let m = Message::parse("MSH|^~\\&|||||||ADT^A01|1|P|2.5\rPID|1||||Müller".as_bytes()).unwrap();
+        assert_eq!(m.charset(), Charset::Utf8);
+        assert_eq!(m.declared_charset(), None);
+        let e = Message::parse(b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||x^\xff").unwrap_err();
+        assert_eq!(e.location.to_string(), "PID-3.2");
+        assert!(!e.is_reject());
+    }
+
+    #[test]
+    fn header_errors() {
+        let cases: [(&[u8], u16, &str); 6] = [
+            (b"", 100, "MSH"),
+            (b"MSH|^~\\&|||||||ADT^A01||P|2.5", 101, "MSH-10"),
+            (b"MSH|^~\\&|||||||ADT^A01|1|P|2.9", 203, "MSH-12"),
+            (b"MSH|^~\\&|||||||ADT^A01|1|Q|2.5", 202, "MSH-11"),
+            (b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||X", 103, "MSH-18"),
+            (b"FHS|^~\\&", 100, "MSH"),
+        ];
+        for (raw, code, loc) in cases {
+            let e = Message::parse(raw).unwrap_err();
+            assert_eq!((e.code.code(), e.location.to_string().as_str()), (code, loc));
+            assert!(e.is_reject());
+        }
+        let e = Message::parse(b"MSH|^~\\&|||||||ACK|1|P|2.2\rMSA|AA|9").map(|m| m.header().message_type);
+        assert_eq!(e.unwrap(), "ACK");
+    }
+
+    #[test]
+    fn locate_positions() {
+        let m = Message::parse(ADT).unwrap();
+        let pos = ADT.windows(3).position(|w| w == b"Van").unwrap();
+        let loc = m.locate(pos);
+        assert_eq!(loc.to_string(), "PID-5.1.2");
+        let loc = m.locate(5);
+        assert_eq!(loc.to_string(), "MSH-2");
     }
 }

@@ -67,7 +67,7 @@ impl FromStr for Path {
     fn from_str(text: &str) -> Result<Path, PathError> {
         let err = || PathError(text.to_owned());
         let bytes = text.trim().as_bytes();
-        let Some(&[a, b, c]) = bytes.get(..3).map(|s| <&[u8; 3]>::try_from(s).ok()).flatten() else {
+        let Some(&[a, b, c]) = bytes.get(..3).and_then(|s| <&[u8; 3]>::try_from(s).ok()) else {
             return Err(err());
         };
         let segment = [a, b, c];
@@ -92,14 +92,7 @@ impl FromStr for Path {
         if cur.i != bytes.len() {
             return Err(err());
         }
-        Ok(Path {
-            segment,
-            occurrence,
-            field,
-            repetition,
-            component,
-            subcomponent,
-        })
+        Ok(Path { segment, occurrence, field, repetition, component, subcomponent })
     }
 }
 

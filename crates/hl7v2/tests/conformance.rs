@@ -85,7 +85,8 @@ fn wellformed_corpus() {
                 ids.extend(g.trailer.map(|s| s.id()));
             }
             ids.extend(b.file_trailer().map(|s| s.id()));
-            let want: Vec<&str> = exp["segments"].as_array().expect("segments").iter().filter_map(Json::as_str).collect();
+            let want: Vec<&str> =
+                exp["segments"].as_array().expect("segments").iter().filter_map(Json::as_str).collect();
             if ids != want {
                 fails.push(format!("{name}: batch segments {ids:?} != {want:?}"));
             }
@@ -136,10 +137,7 @@ fn malformed_corpus() {
     let mut message_layer = 0;
     for (name, bytes, exp) in &cases {
         let answer = s(exp, "answer");
-        assert!(
-            ["AE", "AR", "CE", "CR", "AA", "close", "none"].contains(&answer),
-            "{name}: bad answer {answer}"
-        );
+        assert!(["AE", "AR", "CE", "CR", "AA", "close", "none"].contains(&answer), "{name}: bad answer {answer}");
         if s(exp, "layer") != "message" {
             assert_eq!(s(exp, "layer"), "frame", "{name}: bad layer");
             continue;

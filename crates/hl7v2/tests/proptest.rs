@@ -10,14 +10,9 @@ fn atom() -> impl Strategy<Value = String> {
 
 fn field() -> impl Strategy<Value = String> {
     // repetitions of components of subcomponents
-    prop::collection::vec(prop::collection::vec(prop::collection::vec(atom(), 1..3), 1..3), 1..3).prop_map(
-        |reps| {
-            reps.iter()
-                .map(|c| c.iter().map(|s| s.join("&")).collect::<Vec<_>>().join("^"))
-                .collect::<Vec<_>>()
-                .join("~")
-        },
-    )
+    prop::collection::vec(prop::collection::vec(prop::collection::vec(atom(), 1..3), 1..3), 1..3).prop_map(|reps| {
+        reps.iter().map(|c| c.iter().map(|s| s.join("&")).collect::<Vec<_>>().join("^")).collect::<Vec<_>>().join("~")
+    })
 }
 
 fn segment() -> impl Strategy<Value = String> {
@@ -36,12 +31,8 @@ fn segment() -> impl Strategy<Value = String> {
 }
 
 fn message() -> impl Strategy<Value = (Vec<u8>, usize)> {
-    (
-        prop::collection::vec(segment(), 0..8),
-        prop::sample::select(vec!["\r", "\n", "\r\n"]),
-        any::<bool>(),
-    )
-        .prop_map(|(segs, term, trailing)| {
+    (prop::collection::vec(segment(), 0..8), prop::sample::select(vec!["\r", "\n", "\r\n"]), any::<bool>()).prop_map(
+        |(segs, term, trailing)| {
             let mut all = vec!["MSH|^~\\&|APP|FAC|RCV|RFAC|20240101||ORU^R01^ORU_R01|C1|P|2.5.1".to_owned()];
             all.extend(segs);
             let n = all.len();
@@ -50,7 +41,8 @@ fn message() -> impl Strategy<Value = (Vec<u8>, usize)> {
                 s.push_str(term);
             }
             (s.into_bytes(), n)
-        })
+        },
+    )
 }
 
 proptest! {

@@ -10,9 +10,9 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::Error;
 use crate::codec::{DEFAULT_MAX_FRAME_LEN, MllpCodec};
 use crate::tls::TlsClientConfig;
-use crate::Error;
 
 /// Client settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,8 @@ impl Connector {
             };
             Ok::<_, Error>(io)
         };
-        let io = tokio::time::timeout(self.config.connect_timeout, connect).await.map_err(|_| Error::ConnectTimeout)??;
+        let io =
+            tokio::time::timeout(self.config.connect_timeout, connect).await.map_err(|_| Error::ConnectTimeout)??;
         let (rd, wr) = tokio::io::split(io);
         let codec = MllpCodec::new(self.config.max_frame_len);
         Ok(Client {

@@ -1,7 +1,10 @@
 //! One served connection: reads frames while earlier ones are still being handled
 //! (pipelining), writes replies strictly in arrival order, and enforces the timeouts.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures::FutureExt;
@@ -75,7 +78,7 @@ impl Connection {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = BytesMut::new();
-        let mut in_flight: FuturesOrdered<JoinHandle<Reply>> = FuturesOrdered::new();
+        let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
         // Reading stops for good on EOF, a framing error, a read error or shutdown; frames
         // already received are still answered after that.
         let mut reading = true;
@@ -95,7 +98,7 @@ impl Connection {
                         idle_since = Instant::now();
                         let handler = handler.clone();
                         let info = self.info.clone();
-                        in_flight.push_back(tokio::spawn(async move { handler.handle(&info, frame).await }));
+                        in_flight.push_back(InFlight(tokio::spawn(async move { handler.handle(&info, frame).await })));
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -214,6 +217,26 @@ impl Connection {
                 Some(End::HandlerPanic)
             }
         }
+    }
+}
+
+/// A handler call running as its own task, so frames of one connection are handled in parallel
+/// and a panicking handler cannot take the connection task down. Aborted when dropped: once a
+/// connection is gone (closed, timed out, or cut off by the drain timeout) nobody can receive
+/// the reply, and `Server::run` returning should mean no handler work is left behind.
+struct InFlight(JoinHandle<Reply>);
+
+impl Future for InFlight {
+    type Output = Result<Reply, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

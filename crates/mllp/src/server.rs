@@ -77,7 +77,8 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// Unique per listener, increasing; for correlating logs.
     pub connection_id: u64,
-    /// Subject of the verified client certificate (RFC 4514, e.g. `CN=ehr-1,O=Clinic`), under mTLS.
+    /// Under mTLS, the verified client certificate's subject in RFC 4514 form (`CN=ehr-1,O=Clinic`),
+    /// or its subjectAltNames (`DNS:ehr.example.org`) when the subject is empty.
     pub tls_client_subject: Option<String>,
 }
 
@@ -210,10 +211,9 @@ impl Server {
         drop(listener);
         token.cancel();
         info!(connections = connections.len(), "MLLP listener stopping; draining connections");
-        let drained = tokio::time::timeout(config.drain_timeout, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(config.drain_timeout, async { while connections.join_next().await.is_some() {} })
+                .await;
         if drained.is_err() {
             warn!(connections = connections.len(), "MLLP drain timeout; aborting remaining connections");
             connections.shutdown().await;

@@ -44,8 +44,8 @@ const SET: u8 = 0x31;
 const OID: u8 = 0x06;
 const CONTEXT_0: u8 = 0xA0;
 
-/// The subject of a DER certificate as an RFC 4514 string (`CN=client,O=Acme`), or `None` if
-/// the certificate cannot be read.
+/// The subject of a DER certificate as an RFC 4514 string (`CN=client,O=Acme`); if the subject
+/// is empty, its subjectAltNames (`DNS:ehr.example.org`). `None` if neither can be read.
 pub(crate) fn subject_string(cert_der: &[u8]) -> Option<String> {
     let (cert, _) = read_tlv(cert_der)?;
     if cert.tag != SEQUENCE {
@@ -65,11 +65,81 @@ pub(crate) fn subject_string(cert_der: &[u8]) -> Option<String> {
     for _ in 0..4 {
         (_, rest) = read_tlv(rest)?;
     }
-    let (subject, _) = read_tlv(rest)?;
+    let (subject, rest) = read_tlv(rest)?;
     if subject.tag != SEQUENCE {
         return None;
     }
-    format_name(subject.body)
+    let name = format_name(subject.body)?;
+    if !name.is_empty() {
+        return Some(name);
+    }
+    // An empty subject is allowed when the identity is in subjectAltName (RFC 5280 4.1.2.6).
+    let sans = subject_alt_names(rest)?;
+    (!sans.is_empty()).then_some(sans)
+}
+
+const CONTEXT_3: u8 = 0xA3;
+const OCTET_STRING: u8 = 0x04;
+const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1D, 0x11];
+
+/// `rest` is what follows the subject in the TBS certificate: the key info, optional unique
+/// IDs, then the optional `[3]` extensions. Returns SANs as `DNS:a,email:b,URI:c,IP:d`.
+fn subject_alt_names(mut rest: &[u8]) -> Option<String> {
+    let mut extensions = None;
+    while !rest.is_empty() {
+        let (field, after) = read_tlv(rest)?;
+        rest = after;
+        if field.tag == CONTEXT_3 {
+            extensions = Some(field.body);
+        }
+    }
+    let (list, _) = read_tlv(extensions?)?;
+    let mut exts = list.body;
+    while !exts.is_empty() {
+        let (ext, after) = read_tlv(exts)?;
+        exts = after;
+        let (oid, mut fields) = read_tlv(ext.body)?;
+        if oid.tag != OID || oid.body != SUBJECT_ALT_NAME {
+            continue;
+        }
+        // Skip the optional `critical` BOOLEAN to reach the OCTET STRING.
+        let value = loop {
+            let (f, after) = read_tlv(fields)?;
+            fields = after;
+            if f.tag == OCTET_STRING {
+                break f.body;
+            }
+        };
+        let (names, _) = read_tlv(value)?;
+        let mut out = Vec::new();
+        let mut items = names.body;
+        while !items.is_empty() {
+            let (gn, after) = read_tlv(items)?;
+            items = after;
+            let text = || std::str::from_utf8(gn.body).ok().map(escape_value);
+            match gn.tag {
+                0x81 => out.push(format!("email:{}", text()?)),
+                0x82 => out.push(format!("DNS:{}", text()?)),
+                0x86 => out.push(format!("URI:{}", text()?)),
+                0x87 => out.push(format!("IP:{}", ip_text(gn.body)?)),
+                _ => {}
+            }
+        }
+        return Some(out.join(","));
+    }
+    Some(String::new())
+}
+
+fn ip_text(b: &[u8]) -> Option<String> {
+    match b.len() {
+        4 => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            Some(std::net::Ipv6Addr::from(a).to_string())
+        }
+        _ => None,
+    }
 }
 
 fn format_name(mut rdns: &[u8]) -> Option<String> {
@@ -151,7 +221,7 @@ fn decode_string(v: &Tlv<'_>) -> Option<String> {
         0x14 => Some(v.body.iter().map(|&b| b as char).collect()),
         // BMPString
         0x1E => {
-            if v.body.len() % 2 != 0 {
+            if !v.body.len().is_multiple_of(2) {
                 return None;
             }
             let units: Vec<u16> = v.body.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
@@ -159,7 +229,7 @@ fn decode_string(v: &Tlv<'_>) -> Option<String> {
         }
         // UniversalString
         0x1C => {
-            if v.body.len() % 4 != 0 {
+            if !v.body.len().is_multiple_of(4) {
                 return None;
             }
             v.body.chunks_exact(4).map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))).collect()
@@ -218,6 +288,36 @@ mod tests {
         assert_eq!(escape_value(" x "), "\\ x\\ ");
         assert_eq!(escape_value("#x"), "\\#x");
         assert_eq!(escape_value("a\nb"), "a\\0ab");
+    }
+
+    fn self_signed(sans: Vec<String>, dn: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in dn {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn subject_from_real_certificates() {
+        use rcgen::DnType;
+        let der = self_signed(
+            vec!["ehr.example.org".into()],
+            &[(DnType::CountryName, "US"), (DnType::OrganizationName, "Clinic, Inc"), (DnType::CommonName, "ehr-1")],
+        );
+        assert_eq!(subject_string(&der).as_deref(), Some("CN=ehr-1,O=Clinic\\, Inc,C=US"));
+
+        let der = self_signed(vec!["ehr.example.org".into(), "10.0.0.1".into()], &[]);
+        assert_eq!(subject_string(&der).as_deref(), Some("DNS:ehr.example.org,IP:10.0.0.1"));
+
+        assert_eq!(subject_string(&self_signed(vec![], &[])), None);
+
+        // Every truncation of a real certificate is handled without panicking.
+        for cut in 0..der.len() {
+            let _ = subject_string(&der[..cut]);
+        }
     }
 
     #[test]

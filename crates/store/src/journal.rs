@@ -104,9 +104,10 @@ const ENTRY_COLUMNS: &str = "id, sending_application, sending_facility, receivin
      message_type, control_id, version, received_us, status, status_detail, updated_us";
 
 impl StoreTx {
-    /// Journals messages and, for each newly stored one, queues a job on `job_queue` whose payload names the
-    /// journal id. Resends (same sender application/facility + control id, in this batch or before) are reported
-    /// as duplicates and neither stored nor queued again.
+    /// Journals messages and queues one job on `job_queue` for the newly stored ones (payload
+    /// `{"journal_ids":[...]}`: one job per commit keeps the ingest hot path to one extra row). Resends (same sender
+    /// application/facility + control id, in this batch or before) are reported as duplicates and neither stored
+    /// nor queued again.
     pub async fn journal_messages(
         &mut self,
         messages: &[NewMessage],
@@ -175,19 +176,21 @@ impl StoreTx {
             }
         }
         let mut outcomes = Vec::with_capacity(messages.len());
-        let mut jobs = Vec::new();
+        let mut ids = Vec::new();
         for m in messages {
             let key = (m.sending_application.as_str(), m.sending_facility.as_str(), m.control_id.as_str());
             // The first occurrence in the batch takes the stored id; later copies are duplicates.
             match stored.remove(&key) {
                 Some(id) => {
                     outcomes.push(JournalOutcome::Stored { id });
-                    jobs.push(NewJob::new(job_queue, format!("{{\"journal_id\":{id}}}")).max_attempts(max_attempts));
+                    ids.push(id);
                 }
                 None => outcomes.push(JournalOutcome::Duplicate),
             }
         }
-        self.enqueue_many(&jobs).await?;
+        if !ids.is_empty() {
+            self.enqueue(&journal_job(job_queue, &ids, max_attempts)).await?;
+        }
         Ok(outcomes)
     }
 
@@ -216,6 +219,21 @@ impl StoreTx {
             }
         })
     }
+}
+
+/// The job that processes these journal entries.
+fn journal_job(queue: &str, ids: &[i64], max_attempts: i32) -> NewJob {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    NewJob::new(queue, format!("{{\"journal_ids\":[{}]}}", list.join(","))).max_attempts(max_attempts)
+}
+
+/// The journal ids a job made by this module names.
+pub fn journal_ids_of(payload: &str) -> Option<Vec<i64>> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        journal_ids: Vec<i64>,
+    }
+    serde_json::from_str::<Payload>(payload).ok().map(|p| p.journal_ids)
 }
 
 fn row_to_entry<R: Row>(row: &R) -> Result<JournalEntry>
@@ -357,7 +375,7 @@ impl Store {
     /// Returns how many were queued.
     pub async fn journal_reprocess(&self, ids: &[i64], job_queue: &str, max_attempts: i32) -> Result<u64> {
         let mut tx = self.begin().await?;
-        let mut jobs = Vec::new();
+        let mut queued = Vec::new();
         for id in ids {
             let updated = with_tx_conn!(tx, conn => {
                 sqlx::query("UPDATE message_journal SET status = 'received', status_detail = NULL, updated_us = $2 WHERE id = $1")
@@ -368,12 +386,13 @@ impl Store {
                     .rows_affected()
             });
             if updated == 1 {
-                jobs.push(NewJob::new(job_queue, format!("{{\"journal_id\":{id}}}")).max_attempts(max_attempts));
+                queued.push(*id);
             }
         }
+        let jobs: Vec<NewJob> = queued.chunks(100).map(|chunk| journal_job(job_queue, chunk, max_attempts)).collect();
         tx.enqueue_many(&jobs).await?;
         tx.commit().await?;
-        Ok(jobs.len() as u64)
+        Ok(queued.len() as u64)
     }
 
     /// Ids of entries in a status, oldest first (for bulk reprocessing).

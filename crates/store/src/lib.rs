@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
-pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage};
+pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
 pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
 pub use time::{Timestamp, format_instant};
 pub use tx::StoreTx;

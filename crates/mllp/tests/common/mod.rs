@@ -12,7 +12,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use mllp::{Error, Handler, ListenerConfig, MllpCodec, Server, encode_frame};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -142,6 +143,8 @@ fn leaf(
 ) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(sans).unwrap();
+    // rcgen pre-fills a CN; start empty so the DN order is exactly `dn`.
+    params.distinguished_name = DistinguishedName::new();
     for (t, v) in dn {
         params.distinguished_name.push(t.clone(), *v);
     }
