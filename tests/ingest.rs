@@ -20,7 +20,8 @@ fn connect(addr: SocketAddr) -> TcpStream {
 
 /// Journal entries as the operator CLI lists them.
 fn journal(dir: &std::path::Path, db_url: &str) -> Vec<serde_json::Value> {
-    let (status, out, err) = run(dir, &["--database-url", db_url, "messages", "list", "--json", "--limit", "100000"], &[]);
+    let (status, out, err) =
+        run(dir, &["--database-url", db_url, "messages", "list", "--json", "--limit", "100000"], &[]);
     assert!(status.success(), "{err}");
     out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
 }
@@ -148,8 +149,13 @@ fn adt(control_id: &str, processing: &str, ack_types: &str) -> Vec<u8> {
 fn policy_refusals_are_ar_with_the_hl7_error_code() {
     let (_dir, _gw, mllp) = start_sqlite(&[]);
     let mut stream = connect(mllp);
-    let mfn = ADT.replace("ADT^A01^ADT_A01", "MFN^M02^MFN_M02").replace("{id}", "m1").replace("{pid}", "P").replace("{ack}", "");
-    let unknown_event = ADT.replace("ADT^A01^ADT_A01", "ADT^A99").replace("{id}", "m2").replace("{pid}", "P").replace("{ack}", "");
+    let mfn = ADT
+        .replace("ADT^A01^ADT_A01", "MFN^M02^MFN_M02")
+        .replace("{id}", "m1")
+        .replace("{pid}", "P")
+        .replace("{ack}", "");
+    let unknown_event =
+        ADT.replace("ADT^A01^ADT_A01", "ADT^A99").replace("{id}", "m2").replace("{pid}", "P").replace("{ack}", "");
     for (message, code, location) in [
         (mfn.into_bytes(), "200", "MSH^1^9^1^1"),
         (unknown_event.into_bytes(), "201", "MSH^1^9^1^2"),
@@ -230,4 +236,167 @@ fn kill_9_mid_stream_loses_no_acknowledged_message() {
     for control_id in &acked {
         assert_eq!(counts.get(control_id), Some(&1), "acknowledged {control_id} must be journaled exactly once");
     }
+}
+
+/// A malformed-catalogue case: the bytes and what the gateway must answer.
+struct Case {
+    name: String,
+    bytes: Vec<u8>,
+    layer: String,
+    answer: String,
+    err_code: Option<u64>,
+    generate_oversize: bool,
+}
+
+fn malformed_cases() -> Vec<Case> {
+    let dir = workspace_root().join("conformance/hl7v2/malformed");
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".expected.json")) else {
+            continue;
+        };
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cases.push(Case {
+            name: name.to_owned(),
+            bytes: std::fs::read(dir.join(format!("{name}.bin"))).unwrap(),
+            layer: expected["layer"].as_str().unwrap().to_owned(),
+            answer: expected["answer"].as_str().unwrap().to_owned(),
+            err_code: expected["err_code"].as_u64(),
+            generate_oversize: expected["generate_oversize"].as_bool().unwrap_or(false),
+        });
+    }
+    cases.sort_by(|a, b| a.name.cmp(&b.name));
+    cases
+}
+
+/// The ERR segment carries the code: ERR-3.1 (v2.5+) or ERR-1's code component (v2.2-2.4).
+fn ack_has_error_code(ack: &[u8], code: u64) -> bool {
+    let text = String::from_utf8_lossy(ack);
+    text.split(['\r', '\n']).filter(|s| s.starts_with("ERR")).any(|err| {
+        let fields: Vec<&str> = err.split('|').collect();
+        let v25 = fields.get(3).and_then(|f| f.split('^').next()) == Some(&code.to_string()[..]);
+        let v24 = fields.get(1).is_some_and(|f| f.split('^').nth(3).and_then(|c| c.split('&').next()) == Some(&code.to_string()[..]));
+        v25 || v24
+    })
+}
+
+#[test]
+fn every_malformed_catalogue_case_gets_its_standard_answer_over_mllp() {
+    const MAX_FRAME: usize = 64 * 1024;
+    let (dir, gw, mllp_addr) = start_sqlite(&[
+        ("SDOH_GATEWAY_MLLP__READ_TIMEOUT_SECS", "1"),
+        ("SDOH_GATEWAY_MLLP__MAX_FRAME_BYTES", "65536"),
+    ]);
+    let cases = malformed_cases();
+    assert!(cases.len() >= 30, "the catalogue holds at least 30 cases ({})", cases.len());
+    let mut stored_expected: HashSet<String> = HashSet::new();
+    for case in &cases {
+        let mut stream = connect(mllp_addr);
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if case.layer == "message" {
+            if case.bytes.is_empty() {
+                // A zero-length payload over MLLP is an empty frame: see frame_empty (no answer, like a keepalive).
+                continue;
+            }
+            let ack = send(&mut stream, &case.bytes).unwrap_or_else(|| panic!("{}: no answer", case.name));
+            assert_eq!(field(&ack, "MSA", 1).as_deref(), Some(case.answer.as_str()), "{}: {}", case.name, String::from_utf8_lossy(&ack));
+            if let Some(code) = case.err_code {
+                assert!(ack_has_error_code(&ack, code), "{}: ERR {code} in {}", case.name, String::from_utf8_lossy(&ack));
+            }
+            continue;
+        }
+        let bytes = if case.generate_oversize {
+            let mut b = vec![0x0B];
+            b.extend_from_slice(b"MSH|^~\\&|");
+            b.resize(MAX_FRAME + 4096, b'A');
+            b
+        } else {
+            case.bytes.clone()
+        };
+        stream.write_all(&bytes).unwrap();
+        match case.answer.as_str() {
+            "close" => {
+                if case.name.contains("truncated") {
+                    stream.shutdown(std::net::Shutdown::Write).unwrap();
+                }
+                assert_eq!(read_frame(&mut stream), None, "{}: closed without an answer", case.name);
+            }
+            "none" => {
+                // Nothing answers the bad part: the first reply on the connection is the next message's.
+                let ack = send(&mut stream, &adt(&format!("after-{}", case.name), "P", "")).expect("reply");
+                assert_eq!(field(&ack, "MSA", 2), Some(format!("after-{}", case.name)), "{}", case.name);
+                stored_expected.insert(format!("after-{}", case.name));
+            }
+            code => {
+                let ack = read_frame(&mut stream).unwrap_or_else(|| panic!("{}: no answer", case.name));
+                assert_eq!(field(&ack, "MSA", 1).as_deref(), Some(code), "{}: {}", case.name, String::from_utf8_lossy(&ack));
+                if let Some(err) = case.err_code {
+                    assert!(ack_has_error_code(&ack, err), "{}: ERR {err}", case.name);
+                }
+                if code == "AA" {
+                    stored_expected.insert(field(&ack, "MSA", 2).unwrap_or_default());
+                }
+            }
+        }
+    }
+    // Nothing refused was stored: the journal holds exactly the messages that were acknowledged AA.
+    drop(gw);
+    let url = format!("sqlite:{}", dir.path().join("data/gateway.db").display());
+    let stored: HashSet<String> =
+        journal(dir.path(), &url).iter().map(|e| e["control_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(stored, stored_expected);
+}
+
+#[test]
+fn tls_and_mutual_tls_ingest() {
+    let pki = pki::Pki::generate();
+    let dir = temp_dir();
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mllp.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+            pki.server_cert, pki.server_key, pki.ca
+        ),
+    )
+    .unwrap();
+    let mut gw = Gateway::start(dir.path(), &["--config", config.to_str().unwrap(), "--http-listen", "127.0.0.1:0"], &[]);
+    let (_, mllp_addr) = gw.wait_ready_both();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client_config = |cert: Option<(&std::path::Path, &std::path::Path)>| ::mllp::ClientConfig {
+        tls: Some(::mllp::TlsClientConfig {
+            ca_pem: pki.ca.clone(),
+            client_cert_pem: cert.map(|c| c.0.to_owned()),
+            client_key_pem: cert.map(|c| c.1.to_owned()),
+            server_name: "localhost".into(),
+        }),
+        ..::mllp::ClientConfig::default()
+    };
+    rt.block_on(async {
+        // With a client certificate the CA signed: accepted and journaled.
+        let mut client = ::mllp::Client::connect(mllp_addr, client_config(Some((&pki.client_cert, &pki.client_key))))
+            .await
+            .expect("mutual TLS handshake");
+        let ack = client.send(adt("tls-1", "P", "")).await.expect("ACK over TLS");
+        assert_eq!(field(&ack, "MSA", 1).as_deref(), Some("AA"));
+        // Without one, or with a foreign CA's: no answer.
+        for cert in [None, Some((pki.rogue_cert.as_path(), pki.rogue_key.as_path()))] {
+            let refused = async {
+                let mut c = ::mllp::Client::connect(mllp_addr, client_config(cert)).await?;
+                c.send(adt("tls-2", "P", "")).await
+            }
+            .await;
+            assert!(refused.is_err(), "a client without a trusted certificate is refused");
+        }
+        // Plain TCP to a TLS listener gets no HL7 answer either.
+        let plain = ::mllp::Client::connect(mllp_addr, ::mllp::ClientConfig::default()).await;
+        if let Ok(mut plain) = plain {
+            assert!(plain.send(adt("tls-3", "P", "")).await.is_err());
+        }
+    });
+    let url = format!("sqlite:{}", dir.path().join("data/gateway.db").display());
+    let entries = journal(dir.path(), &url);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["control_id"], "tls-1");
 }

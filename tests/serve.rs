@@ -125,7 +125,9 @@ fn bad_configuration_names_the_key_and_exits_2() {
     let unknown = write("unknown.toml", "[http]\nlisten = \"127.0.0.1:1\"\nlisen_typo = 3\n");
     let bad_type = write("type.toml", "[database]\nmax_connections = \"many\"\n");
     let bad_addr = write("addr.toml", "[http]\nlisten = \"localhost-ish\"\n");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (arguments, environment, what stderr must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--config", &malformed, "check-config"], vec![], "malformed.toml"),
         (vec!["--config", &unknown, "check-config"], vec![], "lisen_typo"),
         (vec!["--config", &bad_type, "check-config"], vec![], "database.max_connections"),

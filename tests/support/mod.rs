@@ -290,3 +290,7 @@ pub mod mllp {
         fields.get(index).map(|s| s.to_string())
     }
 }
+
+/// The MLLP tests' throwaway PKI (CA, server and client certificates), shared rather than written twice.
+#[path = "../../crates/mllp/tests/common/pki.rs"]
+pub mod pki;

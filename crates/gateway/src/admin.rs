@@ -55,7 +55,9 @@ pub fn journal_query(
     limit: Option<u32>,
 ) -> Result<JournalQuery, String> {
     let status = match status {
-        Some(s) => Some(JournalStatus::parse(s).ok_or_else(|| format!("unknown status {s:?} (received, converted, failed)"))?),
+        Some(s) => {
+            Some(JournalStatus::parse(s).ok_or_else(|| format!("unknown status {s:?} (received, converted, failed)"))?)
+        }
         None => None,
     };
     Ok(JournalQuery {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// e.g. `SDOH_GATEWAY_DATABASE__URL`.
 pub const ENV_PREFIX: &str = "SDOH_GATEWAY_";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     pub http: HttpConfig,
@@ -80,20 +80,6 @@ pub struct WorkersConfig {
     pub poll_interval_ms: u64,
     /// Attempts before a job is dead-lettered.
     pub max_attempts: i32,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        GatewayConfig {
-            http: HttpConfig::default(),
-            database: DatabaseConfig::default(),
-            log: LogConfig::default(),
-            shutdown: ShutdownConfig::default(),
-            workers: WorkersConfig::default(),
-            mllp: MllpConfig::default(),
-            ingest: IngestConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

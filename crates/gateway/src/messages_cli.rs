@@ -73,7 +73,11 @@ async fn run_with(store: &store::Store, config: &GatewayConfig, command: Message
                     writeln!(out, "{}", serde_json::to_string(e)?)?;
                 }
             } else {
-                writeln!(out, "{:>8}  {:<27}  {:<8}  {:<20}  {:<24}  {:<9}  {:>7}", "ID", "RECEIVED", "TYPE", "CONTROL ID", "SENDER", "STATUS", "BYTES")?;
+                writeln!(
+                    out,
+                    "{:>8}  {:<27}  {:<8}  {:<20}  {:<24}  {:<9}  {:>7}",
+                    "ID", "RECEIVED", "TYPE", "CONTROL ID", "SENDER", "STATUS", "BYTES"
+                )?;
                 for e in &entries {
                     writeln!(
                         out,

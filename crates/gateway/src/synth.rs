@@ -7,7 +7,8 @@ pub struct MessageFactory {
     seed: u64,
 }
 
-const FAMILY: &[&str] = &["Rivera", "Nguyen", "Okafor", "Smith", "Müller", "García", "Kowalski", "Haddad", "Yamada", "Johnson"];
+const FAMILY: &[&str] =
+    &["Rivera", "Nguyen", "Okafor", "Smith", "Müller", "García", "Kowalski", "Haddad", "Yamada", "Johnson"];
 const GIVEN: &[&str] = &["Ana", "Minh", "Chidi", "Mary", "José", "Lena", "Piotr", "Omar", "Yuki", "DeShawn"];
 const RACE: &[(&str, &str)] = &[
     ("2106-3", "White"),
@@ -18,7 +19,8 @@ const RACE: &[(&str, &str)] = &[
 ];
 const LANGUAGE: &[(&str, &str)] = &[("en", "English"), ("es", "Spanish"), ("vi", "Vietnamese"), ("zh", "Chinese")];
 const COUNTY: &[&str] = &["Multnomah", "Lane", "Marion", "Jackson", "Deschutes"];
-const HVS_ANSWERS: &[(&str, &str)] = &[("LA28397-0", "Often true"), ("LA6729-3", "Sometimes true"), ("LA28398-8", "Never true")];
+const HVS_ANSWERS: &[(&str, &str)] =
+    &[("LA28397-0", "Often true"), ("LA6729-3", "Sometimes true"), ("LA28398-8", "Never true")];
 
 impl MessageFactory {
     pub fn new(prefix: impl Into<String>, seed: u64) -> Self {
@@ -49,7 +51,10 @@ impl MessageFactory {
 
     fn header(&self, control_id: &str, message_type: &str, n: u64) -> String {
         let ts = format!("20261123{:02}{:02}{:02}", (n / 3600) % 24, (n / 60) % 60, n % 60);
-        format!("MSH|^~\\&|EPIC|CLINIC-{}|SDOH-GATEWAY|SDOH-HUB|{ts}||{message_type}|{control_id}|P|2.5.1|||||UNICODE UTF-8\r", n % 4)
+        format!(
+            "MSH|^~\\&|EPIC|CLINIC-{}|SDOH-GATEWAY|SDOH-HUB|{ts}||{message_type}|{control_id}|P|2.5.1|||||UNICODE UTF-8\r",
+            n % 4
+        )
     }
 
     fn pid(&mut self, n: u64) -> String {
@@ -58,7 +63,7 @@ impl MessageFactory {
         let (race, race_text) = *self.pick(RACE);
         let (lang, lang_text) = *self.pick(LANGUAGE);
         let county = *self.pick(COUNTY);
-        let sex = if n % 2 == 0 { "F" } else { "M" };
+        let sex = if n.is_multiple_of(2) { "F" } else { "M" };
         let year = 1940 + n % 70;
         format!(
             "PID|1||MRN{mrn:08}^^^CLINIC^MR||{family}^{given}^Q^^^^L||{year}0{month}1{day}|{sex}||{race}^{race_text}^CDCREC|{street} Main St^^Portland^OR^972{zip:02}^USA^H^^{county}||^PRN^PH^^1^503^555{phone:04}||{lang}^{lang_text}^ISO639|||||||2186-5^Not Hispanic or Latino^CDCREC\r",
@@ -77,7 +82,10 @@ impl MessageFactory {
         m.push_str(&format!("EVN|{event}|20261123080000\r"));
         m.push_str(&self.pid(n));
         m.push_str(&format!("PV1|1|O|CLINIC^^^MAIN||||1234^Welby^Marcus^^^Dr^MD|||||||||||V{:08}|||||||||||||||||||||||||20261123080000\r", n));
-        m.push_str(&format!("IN1|1|MCD^Medicaid|OHP|Oregon Health Plan|||||||||||||||||||||||||||||||||||||||||||||||||MCD{:07}\r", n % 1_000_000));
+        m.push_str(&format!(
+            "IN1|1|MCD^Medicaid|OHP|Oregon Health Plan|||||||||||||||||||||||||||||||||||||||||||||||||MCD{:07}\r",
+            n % 1_000_000
+        ));
         m
     }
 

@@ -53,15 +53,24 @@ fn describe_metrics() {
     describe_gauge!("jobs", "Background jobs by queue and state (ready, leased, dead); completed jobs are removed");
     describe_gauge!("hl7_journal_messages", "Journaled HL7 v2 messages by processing status");
     describe_counter!("hl7_messages_received_total", "HL7 v2 messages (MLLP frames carrying a message) received");
-    describe_counter!("hl7_messages_accepted_total", "HL7 v2 messages committed to the journal and acknowledged AA/CA, by type");
+    describe_counter!(
+        "hl7_messages_accepted_total",
+        "HL7 v2 messages committed to the journal and acknowledged AA/CA, by type"
+    );
     describe_counter!("hl7_messages_rejected_total", "HL7 v2 messages answered AE/AR/CE/CR, by reason");
     describe_counter!("hl7_messages_duplicate_total", "Resent HL7 v2 messages acknowledged without being stored again");
-    describe_histogram!("hl7_ack_latency_seconds", "From a frame's arrival to its acknowledgment being ready, by ACK code");
+    describe_histogram!(
+        "hl7_ack_latency_seconds",
+        "From a frame's arrival to its acknowledgment being ready, by ACK code"
+    );
     describe_histogram!("ingest_group_commit_batch_size", "Messages per journal transaction (group commit)");
     describe_histogram!("ingest_commit_duration_seconds", "Duration of one journal transaction");
     describe_gauge!("mllp_connections_open", "Open MLLP connections");
     describe_counter!("mllp_connections_accepted_total", "MLLP connections accepted");
-    describe_counter!("mllp_connections_refused_total", "MLLP connections closed at once because the connection limit was reached");
+    describe_counter!(
+        "mllp_connections_refused_total",
+        "MLLP connections closed at once because the connection limit was reached"
+    );
     describe_counter!("mllp_frames_received_total", "Complete MLLP frames received");
     describe_counter!("mllp_frame_errors_total", "MLLP framing errors, by reason");
     describe_counter!("mllp_discarded_bytes_total", "Bytes received outside any MLLP frame and discarded");

@@ -58,7 +58,15 @@ fn bench_store(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
     for backend in &backends {
         let store = &backend.store;
-        let mut next_id = 0usize;
+        // The read benchmark's working set, so it does not depend on what the write benchmarks left behind.
+        rt.block_on(async {
+            let mut tx = store.begin().await.unwrap();
+            for id in 1..=500 {
+                tx.put(observation(id), Precondition::None).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        });
+        let mut next_id = 10_000_000usize;
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new("write_single", backend.name), |b| {
             b.to_async(&rt).iter(|| {
@@ -170,9 +178,8 @@ fn bench_rusqlite_peer(c: &mut Criterion, sqlite: &Backend) {
                                 .unwrap();
                             for i in 0..READS_EACH {
                                 let id = format!("obs-{}", 1 + (r * READS_EACH + i) % 500);
-                                let found: Option<String> = stmt
-                                    .query_row(rusqlite::params!["Observation", id], |row| row.get(5))
-                                    .ok();
+                                let found: Option<String> =
+                                    stmt.query_row(rusqlite::params!["Observation", id], |row| row.get(5)).ok();
                                 assert!(found.is_some());
                             }
                         });

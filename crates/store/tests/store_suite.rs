@@ -497,7 +497,9 @@ async fn journal_status_and_reprocess(db: TestDb) {
 
     let mut tx = store.begin().await.unwrap();
     tx.set_journal_status(ids[0], JournalStatus::Converted, None).await.unwrap();
-    tx.set_journal_status(ids[1], JournalStatus::Failed, Some("{\"resourceType\":\"OperationOutcome\"}")).await.unwrap();
+    tx.set_journal_status(ids[1], JournalStatus::Failed, Some("{\"resourceType\":\"OperationOutcome\"}"))
+        .await
+        .unwrap();
     tx.complete_job(&jobs[0]).await.unwrap();
     tx.commit().await.unwrap();
 

@@ -39,6 +39,9 @@ struct Args {
     json: bool,
 }
 
+/// A sent frame awaiting its ACK: when it was sent, and the message's idempotency key (app, facility, control id).
+type InFlight = (Instant, String, String, String);
+
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u32>,
@@ -63,7 +66,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (next, tally, prefix) = (next.clone(), tally.clone(), prefix.clone());
         let (addr, total, rate, pipeline) = (args.mllp.clone(), args.messages, args.rate, args.pipeline.max(1));
         tasks.spawn(async move {
-            if let Err(e) = connection(conn, &addr, &prefix, total, rate, pipeline, started, next, tally.clone()).await {
+            if let Err(e) = connection(conn, &addr, &prefix, total, rate, pipeline, started, next, tally.clone()).await
+            {
                 eprintln!("connection {conn}: {e}");
                 tally.lock().await.errors += 1;
             }
@@ -102,7 +106,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    if tally.errors > 0 || report.get("verified_in_journal").is_some_and(|v| v.as_u64() != Some(tally.acked.len() as u64)) {
+    if tally.errors > 0
+        || report.get("verified_in_journal").is_some_and(|v| v.as_u64() != Some(tally.acked.len() as u64))
+    {
         anyhow::bail!("the run had connection errors or unverified acknowledgments");
     }
     Ok(())
@@ -124,7 +130,7 @@ async fn connection(
     let (mut writer, mut reader) = client.split();
     let mut factory = MessageFactory::new(format!("{prefix}-{conn}"), conn as u64 + 1);
     let window = Arc::new(Semaphore::new(pipeline));
-    let in_flight: Arc<std::sync::Mutex<VecDeque<(Instant, String, String, String)>>> = Arc::default();
+    let in_flight: Arc<std::sync::Mutex<VecDeque<InFlight>>> = Arc::default();
     let reader_side = {
         let (window, in_flight, tally) = (window.clone(), in_flight.clone(), tally.clone());
         tokio::spawn(async move {

@@ -63,12 +63,13 @@ impl IngestService {
 
     /// The reply to one frame, or `None` when the sender asked for no acknowledgment (enhanced mode, MSH-15).
     pub async fn handle_frame(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        if frame.is_empty() {
+            // An empty frame carries no message: some engines send them as keepalives. Nothing to answer.
+            return None;
+        }
         let started = Instant::now();
-        let (reply, code) = if is_batch(frame) {
-            self.handle_batch(frame).await
-        } else {
-            self.handle_message(frame).await
-        };
+        let (reply, code) =
+            if is_batch(frame) { self.handle_batch(frame).await } else { self.handle_message(frame).await };
         metrics::histogram!("hl7_ack_latency_seconds", "code" => code.as_str()).record(started.elapsed().as_secs_f64());
         reply
     }
@@ -123,11 +124,7 @@ impl IngestService {
         (self.reply_if_wanted(header, Outcome::Rejected, &ack), ack_code)
     }
 
-    fn acknowledge(
-        &self,
-        header: &Header,
-        outcome: Result<JournalOutcome, CommitError>,
-    ) -> (Option<Vec<u8>>, AckCode) {
+    fn acknowledge(&self, header: &Header, outcome: Result<JournalOutcome, CommitError>) -> (Option<Vec<u8>>, AckCode) {
         match outcome {
             Ok(stored) => {
                 match stored {
@@ -280,6 +277,14 @@ fn reason_for(code: ErrorCode) -> &'static str {
     }
 }
 
+impl mllp::Handler for IngestService {
+    async fn handle(&self, _conn: &mllp::ConnectionInfo, frame: bytes::Bytes) -> mllp::Reply {
+        match self.handle_frame(&frame).await {
+            Some(reply) => mllp::Reply::Send(reply.into()),
+            None => mllp::Reply::Nothing,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -302,14 +307,5 @@ mod tests {
         assert!(is_batch(b"BHS|^~\\&|"));
         assert!(!is_batch(b"MSH|^~\\&|"));
         assert!(!is_batch(b""));
-    }
-}
-
-impl mllp::Handler for IngestService {
-    async fn handle(&self, _conn: &mllp::ConnectionInfo, frame: bytes::Bytes) -> mllp::Reply {
-        match self.handle_frame(&frame).await {
-            Some(reply) => mllp::Reply::Send(reply.into()),
-            None => mllp::Reply::Nothing,
-        }
     }
 }
