@@ -51,6 +51,21 @@ fn observation(id: usize) -> serde_json::Value {
     })
 }
 
+fn journal_message(n: u64) -> store::NewMessage {
+    let mut raw = format!("MSH|^~\\&|EPIC|CLINIC|SDOH-GATEWAY|SDOH-HUB|20261123||ORU^R01^ORU_R01|B{n}|P|2.5.1\r").into_bytes();
+    raw.resize(1000, b'X');
+    store::NewMessage {
+        sending_application: "EPIC".into(),
+        sending_facility: "CLINIC".into(),
+        receiving_application: "SDOH-GATEWAY".into(),
+        receiving_facility: "SDOH-HUB".into(),
+        message_type: "ORU^R01".into(),
+        control_id: format!("B{n}"),
+        version: "2.5.1".into(),
+        raw,
+    }
+}
+
 fn bench_store(c: &mut Criterion) {
     let rt = runtime();
     let backends = rt.block_on(backends());
@@ -114,6 +129,22 @@ fn bench_store(c: &mut Criterion) {
                     while tasks.join_next().await.is_some() {}
                 }
                 started.elapsed()
+            })
+        });
+        // Group commit as ingest does it: 16 HL7 messages (about 1 KiB each) per journal transaction.
+        group.throughput(Throughput::Elements(16));
+        let mut next_message = 0u64;
+        group.bench_function(BenchmarkId::new("journal_commit_16", backend.name), |b| {
+            b.to_async(&rt).iter(|| {
+                let batch: Vec<store::NewMessage> = (0..16)
+                    .map(|_| {
+                        next_message += 1;
+                        journal_message(next_message)
+                    })
+                    .collect();
+                async move {
+                    store.journal_messages(&batch, "convert", 10).await.unwrap();
+                }
             })
         });
         // Enqueue in batches, then 4 workers claim 32 at a time and complete in one transaction per batch.
