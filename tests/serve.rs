@@ -202,8 +202,11 @@ fn readiness_follows_the_database_when_it_goes_away_and_returns() {
         &["--database-url", &url, "--http-listen", "127.0.0.1:0"],
         &[("SDOH_GATEWAY_DATABASE__ACQUIRE_TIMEOUT_SECS", "1")],
     );
-    let addr = gw.wait_ready();
+    let (addr, mllp_addr) = gw.wait_ready_both();
     assert_eq!(http(addr, "GET", "/health/ready", None).0, 200);
+    let message = b"MSH|^~\\&|EHR|CLINIC|GW|HUB|20261123120000||ADT^A01^ADT_A01|LOST-1|P|2.5.1\rPID|1||1^^^C^MR||Doe^Jane\r";
+    let mut hl7 = std::net::TcpStream::connect(mllp_addr).unwrap();
+    hl7.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
 
     rt.block_on(proxy.cut());
     let (status, _, body) = http(addr, "GET", "/health/ready", None);
@@ -212,6 +215,13 @@ fn readiness_follows_the_database_when_it_goes_away_and_returns() {
     let (_, _, metrics) = http(addr, "GET", "/metrics", None);
     assert!(metrics.contains("db_up 0"), "{metrics}");
     assert_eq!(http(addr, "GET", "/health/live", None).0, 200, "alive while the database is down");
+    let (status, _, body) = http(addr, "GET", "/admin/messages", None);
+    assert_eq!(status, 503, "requests that need the database fail clearly: {body}");
+    assert!(body.contains("could not be read") && !body.to_lowercase().contains("select"), "{body}");
+    // An HL7 message that cannot be committed is not acknowledged AA: AE with HL7 error 207 tells the sender to resend.
+    let ack = mllp::send(&mut hl7, message).expect("an answer, not a hang");
+    assert_eq!(mllp::field(&ack, "MSA", 1).as_deref(), Some("AE"), "{}", String::from_utf8_lossy(&ack));
+    assert!(mllp::field(&ack, "ERR", 3).unwrap_or_default().starts_with("207^"));
 
     rt.block_on(proxy.restore());
     // The pool reconnects on demand; the first check after the return may still hold a dead connection.
@@ -224,6 +234,8 @@ fn readiness_follows_the_database_when_it_goes_away_and_returns() {
         }
     }
     assert_eq!(last, 200, "ready again after the database returned");
+    let ack = mllp::send(&mut hl7, message).expect("an answer");
+    assert_eq!(mllp::field(&ack, "MSA", 1).as_deref(), Some("AA"), "the resend is accepted once the database is back");
     assert!(gw.child.try_wait().unwrap().is_none(), "no crash while the database was away");
     gw.terminate();
     assert!(gw.wait_exit(Duration::from_secs(30)).success());
