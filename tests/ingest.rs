@@ -253,7 +253,8 @@ fn malformed_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".expected.json")) else {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".expected.json"))
+        else {
             continue;
         };
         let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -276,7 +277,9 @@ fn ack_has_error_code(ack: &[u8], code: u64) -> bool {
     text.split(['\r', '\n']).filter(|s| s.starts_with("ERR")).any(|err| {
         let fields: Vec<&str> = err.split('|').collect();
         let v25 = fields.get(3).and_then(|f| f.split('^').next()) == Some(&code.to_string()[..]);
-        let v24 = fields.get(1).is_some_and(|f| f.split('^').nth(3).and_then(|c| c.split('&').next()) == Some(&code.to_string()[..]));
+        let v24 = fields
+            .get(1)
+            .is_some_and(|f| f.split('^').nth(3).and_then(|c| c.split('&').next()) == Some(&code.to_string()[..]));
         v25 || v24
     })
 }
@@ -284,10 +287,8 @@ fn ack_has_error_code(ack: &[u8], code: u64) -> bool {
 #[test]
 fn every_malformed_catalogue_case_gets_its_standard_answer_over_mllp() {
     const MAX_FRAME: usize = 64 * 1024;
-    let (dir, gw, mllp_addr) = start_sqlite(&[
-        ("SDOH_GATEWAY_MLLP__READ_TIMEOUT_SECS", "1"),
-        ("SDOH_GATEWAY_MLLP__MAX_FRAME_BYTES", "65536"),
-    ]);
+    let (dir, gw, mllp_addr) =
+        start_sqlite(&[("SDOH_GATEWAY_MLLP__READ_TIMEOUT_SECS", "1"), ("SDOH_GATEWAY_MLLP__MAX_FRAME_BYTES", "65536")]);
     let cases = malformed_cases();
     assert!(cases.len() >= 30, "the catalogue holds at least 30 cases ({})", cases.len());
     let mut stored_expected: HashSet<String> = HashSet::new();
@@ -300,9 +301,20 @@ fn every_malformed_catalogue_case_gets_its_standard_answer_over_mllp() {
                 continue;
             }
             let ack = send(&mut stream, &case.bytes).unwrap_or_else(|| panic!("{}: no answer", case.name));
-            assert_eq!(field(&ack, "MSA", 1).as_deref(), Some(case.answer.as_str()), "{}: {}", case.name, String::from_utf8_lossy(&ack));
+            assert_eq!(
+                field(&ack, "MSA", 1).as_deref(),
+                Some(case.answer.as_str()),
+                "{}: {}",
+                case.name,
+                String::from_utf8_lossy(&ack)
+            );
             if let Some(code) = case.err_code {
-                assert!(ack_has_error_code(&ack, code), "{}: ERR {code} in {}", case.name, String::from_utf8_lossy(&ack));
+                assert!(
+                    ack_has_error_code(&ack, code),
+                    "{}: ERR {code} in {}",
+                    case.name,
+                    String::from_utf8_lossy(&ack)
+                );
             }
             continue;
         }
@@ -330,7 +342,13 @@ fn every_malformed_catalogue_case_gets_its_standard_answer_over_mllp() {
             }
             code => {
                 let ack = read_frame(&mut stream).unwrap_or_else(|| panic!("{}: no answer", case.name));
-                assert_eq!(field(&ack, "MSA", 1).as_deref(), Some(code), "{}: {}", case.name, String::from_utf8_lossy(&ack));
+                assert_eq!(
+                    field(&ack, "MSA", 1).as_deref(),
+                    Some(code),
+                    "{}: {}",
+                    case.name,
+                    String::from_utf8_lossy(&ack)
+                );
                 if let Some(err) = case.err_code {
                     assert!(ack_has_error_code(&ack, err), "{}: ERR {err}", case.name);
                 }
@@ -361,7 +379,8 @@ fn tls_and_mutual_tls_ingest() {
         ),
     )
     .unwrap();
-    let mut gw = Gateway::start(dir.path(), &["--config", config.to_str().unwrap(), "--http-listen", "127.0.0.1:0"], &[]);
+    let mut gw =
+        Gateway::start(dir.path(), &["--config", config.to_str().unwrap(), "--http-listen", "127.0.0.1:0"], &[]);
     let (_, mllp_addr) = gw.wait_ready_both();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client_config = |cert: Option<(&std::path::Path, &std::path::Path)>| ::mllp::ClientConfig {

@@ -204,7 +204,8 @@ fn readiness_follows_the_database_when_it_goes_away_and_returns() {
     );
     let (addr, mllp_addr) = gw.wait_ready_both();
     assert_eq!(http(addr, "GET", "/health/ready", None).0, 200);
-    let message = b"MSH|^~\\&|EHR|CLINIC|GW|HUB|20261123120000||ADT^A01^ADT_A01|LOST-1|P|2.5.1\rPID|1||1^^^C^MR||Doe^Jane\r";
+    let message =
+        b"MSH|^~\\&|EHR|CLINIC|GW|HUB|20261123120000||ADT^A01^ADT_A01|LOST-1|P|2.5.1\rPID|1||1^^^C^MR||Doe^Jane\r";
     let mut hl7 = std::net::TcpStream::connect(mllp_addr).unwrap();
     hl7.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
 

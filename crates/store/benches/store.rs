@@ -52,7 +52,8 @@ fn observation(id: usize) -> serde_json::Value {
 }
 
 fn journal_message(n: u64) -> store::NewMessage {
-    let mut raw = format!("MSH|^~\\&|EPIC|CLINIC|SDOH-GATEWAY|SDOH-HUB|20261123||ORU^R01^ORU_R01|B{n}|P|2.5.1\r").into_bytes();
+    let mut raw =
+        format!("MSH|^~\\&|EPIC|CLINIC|SDOH-GATEWAY|SDOH-HUB|20261123||ORU^R01^ORU_R01|B{n}|P|2.5.1\r").into_bytes();
     raw.resize(1000, b'X');
     store::NewMessage {
         sending_application: "EPIC".into(),

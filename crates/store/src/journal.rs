@@ -115,7 +115,7 @@ impl StoreTx {
         max_attempts: i32,
     ) -> Result<Vec<JournalOutcome>> {
         let now = Timestamp::now();
-        let mut stored: HashMap<(&str, &str, &str), i64> = HashMap::new();
+        let mut stored: HashMap<(String, String, String), i64> = HashMap::new();
         for chunk in messages.chunks(CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO message_journal (sending_application, sending_facility, receiving_application, \
@@ -165,20 +165,12 @@ impl StoreTx {
                     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
                     .collect::<Result<Vec<_>>>()?
             });
-            for (id, app, facility, control) in rows {
-                // Keys are borrowed from `messages`, so look the owned strings up there.
-                if let Some(m) = chunk
-                    .iter()
-                    .find(|m| m.sending_application == app && m.sending_facility == facility && m.control_id == control)
-                {
-                    stored.insert((&m.sending_application, &m.sending_facility, &m.control_id), id);
-                }
-            }
+            stored.extend(rows.into_iter().map(|(id, app, facility, control)| ((app, facility, control), id)));
         }
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut ids = Vec::new();
         for m in messages {
-            let key = (m.sending_application.as_str(), m.sending_facility.as_str(), m.control_id.as_str());
+            let key = (m.sending_application.clone(), m.sending_facility.clone(), m.control_id.clone());
             // The first occurrence in the batch takes the stored id; later copies are duplicates.
             match stored.remove(&key) {
                 Some(id) => {
