@@ -107,4 +107,5 @@ pub async fn expect_eof(stream: &mut TcpStream) {
 
 #[path = "pki.rs"]
 mod pki;
+#[allow(unused_imports)] // each test binary uses a different part of the support module
 pub use pki::{CLIENT_SUBJECT, Pki};
