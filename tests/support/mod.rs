@@ -119,18 +119,38 @@ pub fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, Stri
 
 /// A minimal HTTP/1.1 exchange over a fresh connection: (status, headers, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
+    http_with(addr, method, path, &[], body)
+}
+
+/// Like [`http`], with extra request headers (`If-Match`, `Prefer`, ...).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let body = body.unwrap_or("");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/fhir+json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
     parse_response(&raw)
+}
+
+/// The value of a response header (case-insensitive name).
+pub fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
 }
 
 pub fn parse_response(raw: &[u8]) -> (u16, String, String) {

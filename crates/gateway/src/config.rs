@@ -21,6 +21,23 @@ pub struct GatewayConfig {
     pub workers: WorkersConfig,
     pub mllp: MllpConfig,
     pub ingest: IngestConfig,
+    pub fhir: FhirConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FhirConfig {
+    /// The FHIR base URL as clients reach it (for Location headers, fullUrl and paging links), e.g.
+    /// `https://sdoh.example.org/fhir` behind a proxy. Empty: `http://<http.listen>/fhir`.
+    pub base_url: String,
+    /// Whether `PUT` to an id that does not exist creates the resource (client-assigned ids).
+    pub allow_update_create: bool,
+}
+
+impl Default for FhirConfig {
+    fn default() -> Self {
+        FhirConfig { base_url: String::new(), allow_update_create: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,6 +346,13 @@ impl GatewayConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let base = &self.fhir.base_url;
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                key: "fhir.base_url",
+                reason: "must be an http:// or https:// URL".into(),
+            });
+        }
         if self.workers.lease_secs == 0 {
             return Err(ConfigError::Invalid { key: "workers.lease_secs", reason: "must be at least 1".into() });
         }
@@ -340,6 +364,15 @@ impl GatewayConfig {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    /// The FHIR base URL: configured, or derived from the address the HTTP listener actually bound.
+    pub fn fhir_base_url(&self, bound: SocketAddr) -> String {
+        if self.fhir.base_url.is_empty() {
+            format!("http://{bound}/fhir")
+        } else {
+            self.fhir.base_url.trim_end_matches('/').to_owned()
+        }
     }
 
     pub fn store_options(&self) -> store::StoreOptions {

@@ -18,18 +18,27 @@ pub struct AppState {
     pub max_attempts: i32,
 }
 
-pub fn router(state: AppState, max_body_bytes: usize, request_timeout: Duration) -> Router {
-    Router::new()
+/// The whole HTTP surface. The FHIR API enforces the body limit itself (answering 413 with an OperationOutcome),
+/// so the generic limit layer covers only the operator routes.
+pub fn router(
+    state: AppState,
+    fhir: fhir_server::FhirState,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+) -> Router {
+    let operator_routes = Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/admin/messages", get(crate::admin::list_messages))
         .route("/admin/messages/{id}", get(crate::admin::show_message))
         .route("/admin/messages/{id}/reprocess", axum::routing::post(crate::admin::reprocess_message))
-        .layer(middleware::from_fn(record_request))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes))
+        .with_state(state);
+    operator_routes
+        .nest("/fhir", fhir_server::router(fhir))
+        .layer(middleware::from_fn(record_request))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
-        .with_state(state)
 }
 
 /// The process is up and serving; says nothing about its dependencies (that is /health/ready).

@@ -55,8 +55,15 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         commit_tasks = Some(tasks);
     }
 
+    let fhir = fhir_server::FhirState {
+        store: store.clone(),
+        base_url: config.fhir_base_url(http_addr),
+        allow_update_create: config.fhir.allow_update_create,
+        max_body_bytes: config.http.max_body_bytes,
+    };
     let app = router(
         AppState { store: store.clone(), max_attempts: config.workers.max_attempts },
+        fhir,
         config.http.max_body_bytes,
         Duration::from_secs(config.http.request_timeout_secs),
     );

@@ -1,0 +1,57 @@
+//! The CapabilityStatement, generated from what this module really implements and how it is configured.
+
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::handlers::json_response;
+use super::{FhirState, SUPPORTED_TYPES};
+
+/// Instance and type interactions every supported type offers.
+const INTERACTIONS: &[&str] =
+    &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
+
+pub async fn metadata(State(state): State<FhirState>) -> Response {
+    json_response(axum::http::StatusCode::OK, &capability_statement(&state))
+}
+
+pub fn capability_statement(state: &FhirState) -> Value {
+    let resources: Vec<Value> = SUPPORTED_TYPES
+        .iter()
+        .map(|t| {
+            json!({
+                "type": t,
+                "interaction": INTERACTIONS.iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
+                "versioning": "versioned",
+                "readHistory": true,
+                "updateCreate": state.allow_update_create,
+                "conditionalCreate": false,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "searchParam": [{
+                    "name": "_id",
+                    "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
+                    "type": "token",
+                    "documentation": "Only _id is supported until the search index is wired in; other parameters get 400.",
+                }],
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        "kind": "instance",
+        "software": { "name": "sdoh-gateway", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "sdoh-gateway FHIR R4 endpoint", "url": state.base() },
+        "fhirVersion": "4.0.1",
+        "format": ["json", "application/fhir+json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{ "code": "history-system" }],
+        }],
+    })
+}

@@ -1,0 +1,439 @@
+//! The instance and type interactions: read, vread, create, update, patch, delete.
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use store::{Precondition, StoreError, StoredResource, Written, format_instant, is_valid_id};
+
+use super::error::{FhirError, IssueType, information_outcome};
+use super::media::{self, ReturnPreference};
+use super::validate::validate_resource;
+use super::{FHIR_JSON, FhirState, SUPPORTED_TYPES, patch};
+
+/// A response with a FHIR JSON body.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    body_response(status, body.to_string())
+}
+
+fn body_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+/// 404 for types this server does not store (including ones FHIR does not define).
+pub fn check_type(resource_type: &str) -> Result<(), FhirError> {
+    if SUPPORTED_TYPES.contains(&resource_type) {
+        Ok(())
+    } else {
+        Err(FhirError::not_found(format!("resource type '{}' is not supported", printable(resource_type))))
+    }
+}
+
+pub fn check_id(id: &str) -> Result<(), FhirError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(FhirError::bad_request(
+            IssueType::Invalid,
+            "the id in the URL is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)",
+        ))
+    }
+}
+
+/// Type names come from the URL; only plain names are echoed, so the diagnostics cannot carry arbitrary text.
+fn printable(text: &str) -> &str {
+    if text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric()) { text } else { "(invalid)" }
+}
+
+pub fn path_error(rejection: PathRejection) -> FhirError {
+    tracing::debug!(error = %rejection, "unusable path");
+    FhirError::bad_request(IssueType::Invalid, "the request path could not be decoded")
+}
+
+/// Adds `ETag` and `Last-Modified` for a stored version.
+fn version_headers(response: &mut Response, stored: &StoredResource) {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&media::etag(stored.version_id)) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&media::http_date(stored.last_updated)) {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+}
+
+fn resource_response(status: StatusCode, stored: &StoredResource) -> Response {
+    let mut response = body_response(status, stored.content.clone().unwrap_or_default());
+    version_headers(&mut response, stored);
+    response
+}
+
+fn gone(stored: &StoredResource) -> Response {
+    let mut response =
+        FhirError::gone(format!("{}/{} has been deleted", stored.resource_type, stored.id)).into_response();
+    version_headers(&mut response, stored);
+    response
+}
+
+fn not_found(resource_type: &str, id: &str) -> FhirError {
+    FhirError::not_found(format!("{resource_type}/{id} is not known"))
+}
+
+/// `GET /{type}/{id}`: the current version; 410 once deleted; 304 when the client's copy is current.
+pub async fn read(
+    State(state): State<FhirState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    let stored = state.store.read(&resource_type, &id).await?.ok_or_else(|| not_found(&resource_type, &id))?;
+    if stored.deleted {
+        return Ok(gone(&stored));
+    }
+    if not_modified(&headers, &stored) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        version_headers(&mut response, &stored);
+        return Ok(response);
+    }
+    tracing::debug!(resource_type = %resource_type, id = %id, version = stored.version_id, "read");
+    Ok(resource_response(StatusCode::OK, &stored))
+}
+
+/// If-None-Match wins over If-Modified-Since when both are present (RFC 9110 13.2.2).
+fn not_modified(headers: &HeaderMap, stored: &StoredResource) -> bool {
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        let text = value.to_str().unwrap_or("");
+        return text.split(',').any(|tag| tag.trim() == "*" || media::parse_etag(tag) == Some(stored.version_id));
+    }
+    if let Some(since) = headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok())
+        && let Some(since) = media::parse_http_date(since)
+    {
+        // HTTP dates have whole seconds; the stored time has microseconds.
+        return stored.last_updated.to_datetime().timestamp() <= since.timestamp();
+    }
+    false
+}
+
+/// `GET /{type}/{id}/_history/{vid}`.
+pub async fn vread(
+    State(state): State<FhirState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id, vid)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    let version = vid.parse::<i64>().ok().filter(|v| *v > 0);
+    let Some(version) = version else {
+        return Err(FhirError::not_found(format!("{resource_type}/{id} has no version with that id")));
+    };
+    let stored = state
+        .store
+        .vread(&resource_type, &id, version)
+        .await?
+        .ok_or_else(|| FhirError::not_found(format!("{resource_type}/{id} has no version {version}")))?;
+    if stored.deleted {
+        return Ok(gone(&stored));
+    }
+    Ok(resource_response(StatusCode::OK, &stored))
+}
+
+/// Most ids one `_id` search may name; each is one point read.
+const MAX_SEARCH_IDS: usize = 100;
+
+/// `GET /{type}?_id=a,b`: the only search offered until the search index is wired in. Any other parameter is refused
+/// (400) instead of ignored, because ignoring it would widen the result to resources this server cannot list.
+pub async fn search_type(
+    State(state): State<FhirState>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, FhirError> {
+    let Path(resource_type) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    let Query(params) =
+        params.map_err(|_| FhirError::bad_request(IssueType::Invalid, "the query string could not be decoded"))?;
+    let mut ids: Vec<String> = Vec::new();
+    for (name, value) in &params {
+        match name.as_str() {
+            "_id" => ids.extend(value.split(',').map(str::to_owned)),
+            // Result-shaping parameters that cannot widen an `_id` search.
+            "_format" | "_count" | "_total" | "_pretty" => {}
+            other => {
+                return Err(FhirError::bad_request(
+                    IssueType::NotSupported,
+                    format!("search parameter '{}' is not supported yet (only _id)", printable_param(other)),
+                )
+                .at(printable_param(other).to_owned()));
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(FhirError::bad_request(
+            IssueType::NotSupported,
+            "search needs _id; other searches are not supported yet",
+        ));
+    }
+    if ids.len() > MAX_SEARCH_IDS {
+        return Err(FhirError::bad_request(IssueType::TooLong, format!("at most {MAX_SEARCH_IDS} ids per _id search")));
+    }
+    let mut entries = Vec::new();
+    ids.sort();
+    ids.dedup();
+    for id in &ids {
+        // An id that cannot exist matches nothing, as any other unknown id.
+        if !is_valid_id(id) {
+            continue;
+        }
+        if let Some(stored) = state.store.read(&resource_type, id).await?
+            && let Some(resource) = stored.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok())
+        {
+            entries.push(serde_json::json!({
+                "fullUrl": format!("{}/{}/{}", state.base(), resource_type, stored.id),
+                "resource": resource,
+                "search": { "mode": "match" },
+            }));
+        }
+    }
+    tracing::debug!(resource_type = %resource_type, ids = ids.len(), matches = entries.len(), "search by _id");
+    let self_url = format!("{}/{}?_id={}", state.base(), resource_type, ids.join(","));
+    let mut bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries.len(),
+        "link": [{ "relation": "self", "url": self_url }],
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(json_response(StatusCode::OK, &bundle))
+}
+
+/// Parameter names come from the URL; only plain names are echoed.
+fn printable_param(name: &str) -> &str {
+    if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.')) {
+        name
+    } else {
+        "(invalid)"
+    }
+}
+
+/// Parses and validates a submitted resource body against the URL's type.
+async fn resource_body(state: &FhirState, resource_type: &str, body: Body) -> Result<Value, FhirError> {
+    let bytes = media::read_body(body, state.max_body_bytes).await?;
+    let resource = media::parse_json(&bytes)?;
+    validate_resource(&resource, resource_type)?;
+    Ok(resource)
+}
+
+/// A v4 UUID in lowercase, as the server-assigned id of a created resource.
+fn new_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+/// The answer to a successful write, shaped by `Prefer: return=…`.
+fn write_response(state: &FhirState, headers: &HeaderMap, written: &Written, status: StatusCode) -> Response {
+    let stored = &written.resource;
+    let mut response = match media::return_preference(headers) {
+        ReturnPreference::Representation => resource_response(status, stored),
+        ReturnPreference::Minimal => {
+            let mut r = status.into_response();
+            version_headers(&mut r, stored);
+            r
+        }
+        ReturnPreference::OperationOutcome => {
+            let what = if written.created { "created" } else { "updated" };
+            let mut r = json_response(
+                status,
+                &information_outcome(&format!(
+                    "{}/{} {what} as version {}",
+                    stored.resource_type, stored.id, stored.version_id
+                )),
+            );
+            version_headers(&mut r, stored);
+            r
+        }
+    };
+    let location = format!("{}/{}/{}/_history/{}", state.base(), stored.resource_type, stored.id, stored.version_id);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        let name = if status == StatusCode::CREATED { header::LOCATION } else { header::CONTENT_LOCATION };
+        response.headers_mut().insert(name, v);
+    }
+    response
+}
+
+/// `POST /{type}`: stores a new resource under a server-assigned id (a submitted id is ignored, as R4 requires).
+pub async fn create(
+    State(state): State<FhirState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    let Path(resource_type) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    if headers.contains_key("if-none-exist") {
+        return Err(FhirError::bad_request(
+            IssueType::NotSupported,
+            "conditional create (If-None-Exist) is not supported",
+        ));
+    }
+    let mut resource = resource_body(&state, &resource_type, body).await?;
+    let id = new_id();
+    if let Some(object) = resource.as_object_mut() {
+        object.insert("id".into(), Value::String(id.clone()));
+    }
+    let mut tx = state.store.begin().await?;
+    let written = tx.put(resource, Precondition::MustNotExist).await?;
+    tx.commit().await?;
+    tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "created");
+    Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
+}
+
+/// A version conflict is 412 when the client named the version (If-Match) and 409 when another writer won a race.
+fn conflict_status(err: StoreError, expected: Option<i64>) -> FhirError {
+    match (err, expected) {
+        (StoreError::VersionConflict { resource_type, id, .. }, Some(v)) => {
+            FhirError::precondition_failed(format!("{resource_type}/{id} is not at version {v} (If-Match)"))
+        }
+        (err, _) => err.into(),
+    }
+}
+
+/// `PUT /{type}/{id}`: a new version; creates the resource when it never existed and update-as-create is allowed.
+pub async fn update(
+    State(state): State<FhirState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    let expected = media::if_match(&headers)?;
+    let resource = resource_body(&state, &resource_type, body).await?;
+    match resource.get("id") {
+        None => {
+            return Err(FhirError::bad_request(IssueType::Required, "the resource must carry the id of the URL")
+                .at(format!("{resource_type}.id")));
+        }
+        Some(Value::String(body_id)) if *body_id == id => {}
+        Some(_) => {
+            return Err(FhirError::bad_request(IssueType::Invalid, "the resource id does not match the id in the URL")
+                .at(format!("{resource_type}.id")));
+        }
+    }
+    let mut tx = state.store.begin().await?;
+    let current = tx.read(&resource_type, &id).await?;
+    if current.is_none() && !state.allow_update_create {
+        return Err(FhirError::method_not_allowed(format!(
+            "{resource_type}/{id} does not exist and this server does not allow update-as-create (use POST)"
+        )));
+    }
+    let precondition = match (expected, &current) {
+        (Some(v), _) => Precondition::Version(v),
+        (None, Some(c)) => Precondition::Version(c.version_id),
+        (None, None) => Precondition::MustNotExist,
+    };
+    let written = tx.put(resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    tx.commit().await?;
+    tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "updated");
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(write_response(&state, &headers, &written, status))
+}
+
+/// `PATCH /{type}/{id}` with a JSON Patch document.
+pub async fn patch(
+    State(state): State<FhirState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    let expected = media::if_match(&headers)?;
+    let bytes = media::read_body(body, state.max_body_bytes).await?;
+    let operations = media::parse_json(&bytes)?;
+    let mut tx = state.store.begin().await?;
+    let current = tx.read(&resource_type, &id).await?.ok_or_else(|| not_found(&resource_type, &id))?;
+    if current.deleted {
+        return Err(FhirError::gone(format!("{resource_type}/{id} has been deleted")));
+    }
+    if let Some(v) = expected.filter(|v| *v != current.version_id) {
+        return Err(FhirError::precondition_failed(format!("{resource_type}/{id} is not at version {v} (If-Match)")));
+    }
+    let document: Value = current.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).ok_or_else(|| {
+        FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, "stored resource is unreadable")
+    })?;
+    let patched = patch::apply(&document, &operations).map_err(|e| match e {
+        patch::PatchError::Malformed(_) => FhirError::bad_request(IssueType::Invalid, e.to_string()),
+        patch::PatchError::Failed(_) => FhirError::unprocessable(IssueType::Processing, e.to_string()),
+    })?;
+    if patched.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+        return Err(FhirError::unprocessable(IssueType::Processing, "a patch must not change or remove the id")
+            .at(format!("{resource_type}.id")));
+    }
+    validate_resource(&patched, &resource_type).map_err(|mut e| {
+        e.status = StatusCode::UNPROCESSABLE_ENTITY;
+        e.diagnostics = format!("the patched resource is not valid: {}", e.diagnostics);
+        e
+    })?;
+    let written =
+        tx.put(patched, Precondition::Version(current.version_id)).await.map_err(|e| conflict_status(e, expected))?;
+    tx.commit().await?;
+    tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "patched");
+    Ok(write_response(&state, &headers, &written, StatusCode::OK))
+}
+
+/// `DELETE /{type}/{id}`: logical delete. Deleting what is absent or already deleted succeeds too (R4).
+pub async fn delete(
+    State(state): State<FhirState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    let expected = media::if_match(&headers)?;
+    let precondition = expected.map_or(Precondition::None, Precondition::Version);
+    let mut tx = state.store.begin().await?;
+    let deleted = tx.delete(&resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    tx.commit().await?;
+    tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "delete");
+    let mut response = match media::return_preference(&headers) {
+        ReturnPreference::OperationOutcome => {
+            let text = match &deleted {
+                Some(d) => format!("{resource_type}/{id} deleted as version {}", d.version_id),
+                None => format!("{resource_type}/{id} was not present; nothing to delete"),
+            };
+            json_response(StatusCode::OK, &information_outcome(&text))
+        }
+        _ => StatusCode::NO_CONTENT.into_response(),
+    };
+    if let Some(d) = &deleted
+        && let Ok(v) = HeaderValue::from_str(&media::etag(d.version_id))
+    {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+pub async fn unknown_route() -> FhirError {
+    FhirError::not_found("no FHIR interaction is defined at this path")
+}
+
+pub async fn method_not_allowed() -> FhirError {
+    FhirError::method_not_allowed("this interaction is not supported at this path")
+}
+
+/// `meta.lastUpdated` text of a stored version (for history entries).
+pub fn last_modified(stored: &StoredResource) -> String {
+    format_instant(stored.last_updated)
+}
