@@ -71,14 +71,28 @@ async fn run_committer(store: Store, receiver: Arc<Mutex<mpsc::Receiver<Pending>
                 Some(first) => batch.push(first),
                 None => return,
             }
-            while batch.len() < settings.max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+            drain_ready(&mut rx, &mut batch, settings.max_batch);
+            // Give connection tasks that are already runnable one turn to submit, so a commit takes them along
+            // instead of leaving them for the next fsync; stop as soon as a turn brings nothing new.
+            for _ in 0..4 {
+                let before = batch.len();
+                tokio::task::yield_now().await;
+                drain_ready(&mut rx, &mut batch, settings.max_batch);
+                if batch.len() == before || batch.len() >= settings.max_batch {
+                    break;
                 }
             }
         }
         commit_batch(&store, &settings, &mut batch).await;
+    }
+}
+
+fn drain_ready(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
     }
 }
 
