@@ -86,9 +86,11 @@ pub fn unescape<'a>(raw: &'a [u8], d: &Delimiters) -> Cow<'a, [u8]> {
 }
 
 /// Encodes text for an ER7 field: delimiters and the escape character become escape sequences,
-/// and CR/LF become `\X0D\`/`\X0A\` because raw ones would end the segment.
+/// and control characters become `\Xhh\` (CR and LF would end the segment; parsers refuse the others, e.g. NUL).
 pub fn escape<'a>(text: &'a str, d: &Delimiters) -> Cow<'a, str> {
-    let needs = |b: u8| d.is_special(b) || b == b'\r' || b == b'\n';
+    // Control characters (NUL, CR, LF, ...) cannot appear raw in ER7: CR and LF end segments and parsers refuse
+    // the rest, so they travel as hexadecimal escapes.
+    let needs = |b: u8| d.is_special(b) || b.is_ascii_control();
     if !text.bytes().any(needs) {
         return Cow::Borrowed(text);
     }
@@ -102,8 +104,12 @@ pub fn escape<'a>(text: &'a str, d: &Delimiters) -> Cow<'a, str> {
             Ok(b) if b == d.repetition => Some("R"),
             Ok(b) if b == d.escape => Some("E"),
             Ok(b) if Some(b) == d.truncation => Some("P"),
-            Ok(b'\r') => Some("X0D"),
-            Ok(b'\n') => Some("X0A"),
+            Ok(b) if b.is_ascii_control() => {
+                out.push(esc);
+                out.push_str(&format!("X{b:02X}"));
+                out.push(esc);
+                continue;
+            }
             _ => None,
         };
         match code {
@@ -155,5 +161,12 @@ mod tests {
         assert_eq!(e, r"a\F\b\S\c\R\d\T\e\E\f\X0D\\X0A\g é");
         assert_eq!(un(&e), s);
         assert!(matches!(escape("plain", &d), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn control_characters_travel_as_hex_escapes() {
+        let d = Delimiters::default();
+        assert_eq!(escape("a\0b\x1Fc", &d), r"a\X00\b\X1F\c");
+        assert_eq!(unescape(escape("x\0y", &d).as_bytes(), &d).as_ref(), b"x\0y");
     }
 }

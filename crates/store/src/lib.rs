@@ -8,6 +8,7 @@ mod error;
 mod jobs;
 mod journal;
 mod resources;
+mod search;
 mod time;
 mod tx;
 
@@ -23,6 +24,7 @@ pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
 pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
+pub use search::*;
 pub use time::{Timestamp, format_instant};
 pub use tx::StoreTx;
 

@@ -5,7 +5,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::handlers::json_response;
-use super::{FhirState, SUPPORTED_TYPES};
+use super::{FhirState, SUPPORTED_TYPES, search};
 
 /// Instance and type interactions every supported type offers.
 const INTERACTIONS: &[&str] =
@@ -19,6 +19,7 @@ pub fn capability_statement(state: &FhirState) -> Value {
     let resources: Vec<Value> = SUPPORTED_TYPES
         .iter()
         .map(|t| {
+            let (includes, revincludes) = search::capability_includes(t);
             json!({
                 "type": t,
                 "interaction": INTERACTIONS.iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
@@ -29,12 +30,9 @@ pub fn capability_statement(state: &FhirState) -> Value {
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-                "searchParam": [{
-                    "name": "_id",
-                    "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
-                    "type": "token",
-                    "documentation": "Only _id is supported until the search index is wired in; other parameters get 400.",
-                }],
+                "searchInclude": includes,
+                "searchRevInclude": revincludes,
+                "searchParam": search::capability_params(t),
             })
         })
         .collect();
@@ -52,6 +50,13 @@ pub fn capability_statement(state: &FhirState) -> Value {
             "mode": "server",
             "resource": resources,
             "interaction": [{ "code": "history-system" }],
+            "searchParam": [
+                { "name": "_count", "type": "number" },
+                { "name": "_sort", "type": "string" },
+                { "name": "_total", "type": "token" },
+                { "name": "_summary", "type": "token" },
+                { "name": "_elements", "type": "string" },
+            ],
         }],
     })
 }

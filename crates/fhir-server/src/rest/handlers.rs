@@ -1,8 +1,8 @@
 //! The instance and type interactions: read, vread, create, update, patch, delete.
 
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -11,7 +11,7 @@ use store::{Precondition, StoreError, StoredResource, Written, format_instant, i
 use super::error::{FhirError, IssueType, information_outcome};
 use super::media::{self, ReturnPreference};
 use super::validate::validate_resource;
-use super::{FHIR_JSON, FhirState, SUPPORTED_TYPES, patch};
+use super::{FHIR_JSON, FhirState, SUPPORTED_TYPES, patch, search};
 
 /// A response with a FHIR JSON body.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -142,85 +142,6 @@ pub async fn vread(
     Ok(resource_response(StatusCode::OK, &stored))
 }
 
-/// Most ids one `_id` search may name; each is one point read.
-const MAX_SEARCH_IDS: usize = 100;
-
-/// `GET /{type}?_id=a,b`: the only search offered until the search index is wired in. Any other parameter is refused
-/// (400) instead of ignored, because ignoring it would widen the result to resources this server cannot list.
-pub async fn search_type(
-    State(state): State<FhirState>,
-    path: Result<Path<String>, PathRejection>,
-    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Response, FhirError> {
-    let Path(resource_type) = path.map_err(path_error)?;
-    check_type(&resource_type)?;
-    let Query(params) =
-        params.map_err(|_| FhirError::bad_request(IssueType::Invalid, "the query string could not be decoded"))?;
-    let mut ids: Vec<String> = Vec::new();
-    for (name, value) in &params {
-        match name.as_str() {
-            "_id" => ids.extend(value.split(',').map(str::to_owned)),
-            // Result-shaping parameters that cannot widen an `_id` search.
-            "_format" | "_count" | "_total" | "_pretty" => {}
-            other => {
-                return Err(FhirError::bad_request(
-                    IssueType::NotSupported,
-                    format!("search parameter '{}' is not supported yet (only _id)", printable_param(other)),
-                )
-                .at(printable_param(other).to_owned()));
-            }
-        }
-    }
-    if ids.is_empty() {
-        return Err(FhirError::bad_request(
-            IssueType::NotSupported,
-            "search needs _id; other searches are not supported yet",
-        ));
-    }
-    if ids.len() > MAX_SEARCH_IDS {
-        return Err(FhirError::bad_request(IssueType::TooLong, format!("at most {MAX_SEARCH_IDS} ids per _id search")));
-    }
-    let mut entries = Vec::new();
-    ids.sort();
-    ids.dedup();
-    for id in &ids {
-        // An id that cannot exist matches nothing, as any other unknown id.
-        if !is_valid_id(id) {
-            continue;
-        }
-        if let Some(stored) = state.store.read(&resource_type, id).await?
-            && let Some(resource) = stored.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok())
-        {
-            entries.push(serde_json::json!({
-                "fullUrl": format!("{}/{}/{}", state.base(), resource_type, stored.id),
-                "resource": resource,
-                "search": { "mode": "match" },
-            }));
-        }
-    }
-    tracing::debug!(resource_type = %resource_type, ids = ids.len(), matches = entries.len(), "search by _id");
-    let self_url = format!("{}/{}?_id={}", state.base(), resource_type, ids.join(","));
-    let mut bundle = serde_json::json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": entries.len(),
-        "link": [{ "relation": "self", "url": self_url }],
-    });
-    if !entries.is_empty() {
-        bundle["entry"] = Value::Array(entries);
-    }
-    Ok(json_response(StatusCode::OK, &bundle))
-}
-
-/// Parameter names come from the URL; only plain names are echoed.
-fn printable_param(name: &str) -> &str {
-    if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.')) {
-        name
-    } else {
-        "(invalid)"
-    }
-}
-
 /// Parses and validates a submitted resource body against the URL's type.
 async fn resource_body(state: &FhirState, resource_type: &str, body: Body) -> Result<Value, FhirError> {
     let bytes = media::read_body(body, state.max_body_bytes).await?;
@@ -230,7 +151,7 @@ async fn resource_body(state: &FhirState, resource_type: &str, body: Body) -> Re
 }
 
 /// A v4 UUID in lowercase, as the server-assigned id of a created resource.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -289,8 +210,10 @@ pub async fn create(
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
+    let rows = search::index_rows(&resource);
     let mut tx = state.store.begin().await?;
     let written = tx.put(resource, Precondition::MustNotExist).await?;
+    tx.replace_index(&resource_type, &id, &rows).await?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "created");
     Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
@@ -341,7 +264,9 @@ pub async fn update(
         (None, Some(c)) => Precondition::Version(c.version_id),
         (None, None) => Precondition::MustNotExist,
     };
+    let rows = search::index_rows(&resource);
     let written = tx.put(resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    tx.replace_index(&resource_type, &id, &rows).await?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -385,8 +310,10 @@ pub async fn patch(
         e.diagnostics = format!("the patched resource is not valid: {}", e.diagnostics);
         e
     })?;
+    let rows = search::index_rows(&patched);
     let written =
         tx.put(patched, Precondition::Version(current.version_id)).await.map_err(|e| conflict_status(e, expected))?;
+    tx.replace_index(&resource_type, &id, &rows).await?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "patched");
     Ok(write_response(&state, &headers, &written, StatusCode::OK))
@@ -405,6 +332,9 @@ pub async fn delete(
     let precondition = expected.map_or(Precondition::None, Precondition::Version);
     let mut tx = state.store.begin().await?;
     let deleted = tx.delete(&resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    if deleted.is_some() {
+        tx.clear_index(&resource_type, &id).await?;
+    }
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "delete");
     let mut response = match media::return_preference(&headers) {

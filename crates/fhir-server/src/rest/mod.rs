@@ -3,16 +3,18 @@
 //! Mount with `Router::new().nest("/fhir", fhir_server::router(state))`. Every answer is FHIR JSON; every failure is
 //! an OperationOutcome ([`FhirError`]). A 2xx to a write is sent only after the store committed it.
 
+mod bundle;
 mod capability;
 mod error;
 mod handlers;
 mod history;
 mod media;
 pub mod patch;
+mod search;
 pub mod validate;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use store::Store;
 use tower_http::compression::CompressionLayer;
 
@@ -81,9 +83,10 @@ impl FhirState {
 /// The FHIR REST router, to be nested under the FHIR base path.
 pub fn router(state: FhirState) -> Router {
     Router::new()
+        .route("/", axum::routing::post(bundle::process))
         .route("/metadata", get(capability::metadata))
         .route("/_history", get(history::system_history))
-        .route("/{type}", get(handlers::search_type).post(handlers::create))
+        .route("/{type}", get(search::search_get).post(handlers::create))
         .route("/{type}/_history", get(history::type_history))
         .route(
             "/{type}/{id}",
@@ -94,6 +97,8 @@ pub fn router(state: FhirState) -> Router {
         .fallback(handlers::unknown_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), media::negotiate))
+        // Added after the negotiation layer, which admits only FHIR JSON bodies: `_search` posts a form.
+        .route("/{type}/_search", post(search::search_post))
         .layer(CompressionLayer::new())
         .with_state(state)
 }

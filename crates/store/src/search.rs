@@ -1,0 +1,964 @@
+//! The search index: typed index rows written with each resource version, and a small search AST compiled to SQL.
+//!
+//! The store knows nothing of FHIR search semantics beyond what the rows and conditions say: the FHIR layer turns
+//! resources into [`IndexRow`]s and queries into a [`SearchQuery`]. Every condition becomes an
+//! `EXISTS (SELECT 1 FROM search_x ...)` probe on an index led by `(resource_type, param, value)`, with bound
+//! parameters only; the SQL text is the same on SQLite and PostgreSQL.
+
+use sqlx::Row;
+
+use crate::time::Timestamp;
+use crate::tx::{StoreTx, with_tx_conn};
+use crate::{Result, Store, StoreError, StoredResource, with_read_pool};
+
+/// Rows per multi-row INSERT: well below both backends' bind-parameter limits.
+const INSERT_CHUNK: usize = 200;
+
+/// One index value of one parameter of one resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexRow {
+    /// The SearchParameter code (`code`, `subject`, `code-value-quantity`, ...).
+    pub param: String,
+    /// 0 for plain values; composite tuples number their rows 1.. and share the group across components.
+    pub group: i32,
+    /// The component position within a composite tuple (0 for plain values).
+    pub component: i32,
+    pub value: IndexEntry,
+}
+
+/// The typed payload of an index row; each kind lives in its own table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexEntry {
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+        /// Normalised display text, for `:text`.
+        text: Option<String>,
+        type_system: Option<String>,
+        type_code: Option<String>,
+    },
+    String {
+        normalized: String,
+        exact: String,
+    },
+    Reference {
+        target_type: Option<String>,
+        target_id: Option<String>,
+        url: Option<String>,
+        version: Option<String>,
+        identifier_system: Option<String>,
+        identifier_value: Option<String>,
+    },
+    /// Inclusive epoch-microsecond range.
+    Date {
+        low: i64,
+        high: i64,
+    },
+    /// `None` bounds are open.
+    Number {
+        low: Option<f64>,
+        high: Option<f64>,
+    },
+    Quantity {
+        low: Option<f64>,
+        high: Option<f64>,
+        system: Option<String>,
+        code: Option<String>,
+        unit: Option<String>,
+    },
+    Uri(String),
+}
+
+/// The index tables, one per kind of [`IndexEntry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IndexTable {
+    Token,
+    String,
+    Reference,
+    Date,
+    Number,
+    Quantity,
+    Uri,
+}
+
+impl IndexTable {
+    const ALL: [IndexTable; 7] = [
+        IndexTable::Token,
+        IndexTable::String,
+        IndexTable::Reference,
+        IndexTable::Date,
+        IndexTable::Number,
+        IndexTable::Quantity,
+        IndexTable::Uri,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            IndexTable::Token => "search_token",
+            IndexTable::String => "search_string",
+            IndexTable::Reference => "search_reference",
+            IndexTable::Date => "search_date",
+            IndexTable::Number => "search_number",
+            IndexTable::Quantity => "search_quantity",
+            IndexTable::Uri => "search_uri",
+        }
+    }
+
+    fn value_columns(self) -> &'static [&'static str] {
+        match self {
+            IndexTable::Token => &["system", "code", "text_norm", "type_system", "type_code"],
+            IndexTable::String => &["value_norm", "value_exact"],
+            IndexTable::Reference => &["target_type", "target_id", "url", "version", "ident_system", "ident_value"],
+            IndexTable::Date => &["low_us", "high_us"],
+            IndexTable::Number => &["low", "high"],
+            IndexTable::Quantity => &["low", "high", "system", "code", "unit"],
+            IndexTable::Uri => &["value"],
+        }
+    }
+}
+
+impl IndexEntry {
+    fn table(&self) -> IndexTable {
+        match self {
+            IndexEntry::Token { .. } => IndexTable::Token,
+            IndexEntry::String { .. } => IndexTable::String,
+            IndexEntry::Reference { .. } => IndexTable::Reference,
+            IndexEntry::Date { .. } => IndexTable::Date,
+            IndexEntry::Number { .. } => IndexTable::Number,
+            IndexEntry::Quantity { .. } => IndexTable::Quantity,
+            IndexEntry::Uri(_) => IndexTable::Uri,
+        }
+    }
+
+    fn binds(&self, out: &mut Vec<Bind>) {
+        let text = |v: &Option<String>| Bind::OptText(v.clone());
+        match self {
+            IndexEntry::Token { system, code, text: t, type_system, type_code } => {
+                out.extend([text(system), text(code), text(t), text(type_system), text(type_code)])
+            }
+            IndexEntry::String { normalized, exact } => {
+                out.extend([Bind::Text(normalized.clone()), Bind::Text(exact.clone())])
+            }
+            IndexEntry::Reference { target_type, target_id, url, version, identifier_system, identifier_value } => out
+                .extend([
+                    text(target_type),
+                    text(target_id),
+                    text(url),
+                    text(version),
+                    text(identifier_system),
+                    text(identifier_value),
+                ]),
+            IndexEntry::Date { low, high } => out.extend([Bind::Int(*low), Bind::Int(*high)]),
+            IndexEntry::Number { low, high } => out.extend([Bind::OptFloat(*low), Bind::OptFloat(*high)]),
+            IndexEntry::Quantity { low, high, system, code, unit } => {
+                out.extend([Bind::OptFloat(*low), Bind::OptFloat(*high), text(system), text(code), text(unit)])
+            }
+            IndexEntry::Uri(v) => out.push(Bind::Text(v.clone())),
+        }
+    }
+}
+
+/// A value bound to a `$N` placeholder.
+#[derive(Debug, Clone)]
+enum Bind {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    Small(i32),
+    OptFloat(Option<f64>),
+    Float(f64),
+}
+
+/// Binds `$binds` in order onto a `sqlx::query`, for either backend.
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut q = $query;
+        for b in $binds {
+            q = match b {
+                Bind::Text(v) => q.bind(v.clone()),
+                Bind::OptText(v) => q.bind(v.clone()),
+                Bind::Int(v) => q.bind(*v),
+                Bind::Small(v) => q.bind(*v),
+                Bind::OptFloat(v) => q.bind(*v),
+                Bind::Float(v) => q.bind(*v),
+            };
+        }
+        q
+    }};
+}
+
+impl StoreTx {
+    /// Replaces the index rows of `resource_type/id` with `rows`, inside this transaction. Call it after `put`;
+    /// an empty `rows` (or [`StoreTx::clear_index`]) leaves the resource unfindable by any indexed parameter.
+    pub async fn replace_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
+        self.clear_index(resource_type, id).await?;
+        for table in IndexTable::ALL {
+            let of_table: Vec<&IndexRow> = rows.iter().filter(|r| r.value.table() == table).collect();
+            for chunk in of_table.chunks(INSERT_CHUNK) {
+                let columns = table.value_columns();
+                let width = 5 + columns.len();
+                let mut sql = format!(
+                    "INSERT INTO {} (resource_type, id, param, grp, comp, {}) VALUES ",
+                    table.name(),
+                    columns.join(", ")
+                );
+                let mut binds = Vec::with_capacity(chunk.len() * width);
+                for (i, row) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    let placeholders: Vec<String> = (1..=width).map(|k| format!("${}", i * width + k)).collect();
+                    sql.push('(');
+                    sql.push_str(&placeholders.join(", "));
+                    sql.push(')');
+                    binds.push(Bind::Text(resource_type.to_owned()));
+                    binds.push(Bind::Text(id.to_owned()));
+                    binds.push(Bind::Text(row.param.clone()));
+                    binds.push(Bind::Small(row.group));
+                    binds.push(Bind::Small(row.component));
+                    row.value.binds(&mut binds);
+                }
+                with_tx_conn!(self, conn => {
+                    bind_all!(sqlx::query(&sql), &binds).execute(&mut *conn).await?;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every index row of `resource_type/id` (on delete).
+    pub async fn clear_index(&mut self, resource_type: &str, id: &str) -> Result<()> {
+        for table in IndexTable::ALL {
+            let sql = format!("DELETE FROM {} WHERE resource_type = $1 AND id = $2", table.name());
+            with_tx_conn!(self, conn => {
+                sqlx::query(&sql).bind(resource_type).bind(id).execute(&mut *conn).await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Which systems a token condition accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemMatch {
+    Any,
+    /// Only values without a system.
+    None,
+    Exactly(String),
+}
+
+/// How a date or number range relates to the indexed range (the FHIR prefixes). For dates `low`/`high` are the
+/// search range; `Ap` means "overlaps `[low, high]`", the caller having widened the range already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOp {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// A date condition on inclusive microsecond bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateCond {
+    pub op: RangeOp,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// A number condition: `value` is the written value (ordering prefixes), `[low, high)` its precision interval
+/// (`Eq`/`Ne`), or for `Ap` the already widened interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumberCond {
+    pub op: RangeOp,
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringMatch {
+    /// The normalised value starts with the (normalised) query.
+    Prefix,
+    /// The normalised value contains the query.
+    Contains,
+    /// The value as written equals the query.
+    Exact,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriMatch {
+    Exact,
+    /// The indexed URI starts with the query.
+    Below,
+    /// The query starts with the indexed URI.
+    Above,
+}
+
+/// A test on one index row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueTest {
+    Token {
+        system: SystemMatch,
+        code: Option<String>,
+    },
+    /// The normalised text starts with the query, or one of its words does.
+    TokenText(String),
+    TokenOfType {
+        type_system: Option<String>,
+        type_code: String,
+        value: String,
+    },
+    String {
+        mode: StringMatch,
+        value: String,
+    },
+    /// A literal reference; `target_type: None` accepts any type.
+    Reference {
+        target_type: Option<String>,
+        target_id: String,
+    },
+    ReferenceUrl {
+        url: String,
+        version: Option<String>,
+    },
+    ReferenceIdentifier {
+        system: SystemMatch,
+        value: Option<String>,
+    },
+    Date(DateCond),
+    Number(NumberCond),
+    /// `system`/`code` as in FHIR: with a system the code must equal `code`; without, `code` matches code or unit.
+    Quantity {
+        cond: NumberCond,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    Uri {
+        mode: UriMatch,
+        value: String,
+    },
+}
+
+impl ValueTest {
+    fn table(&self) -> IndexTable {
+        match self {
+            ValueTest::Token { .. } | ValueTest::TokenText(_) | ValueTest::TokenOfType { .. } => IndexTable::Token,
+            ValueTest::String { .. } => IndexTable::String,
+            ValueTest::Reference { .. } | ValueTest::ReferenceUrl { .. } | ValueTest::ReferenceIdentifier { .. } => {
+                IndexTable::Reference
+            }
+            ValueTest::Date(_) => IndexTable::Date,
+            ValueTest::Number(_) => IndexTable::Number,
+            ValueTest::Quantity { .. } => IndexTable::Quantity,
+            ValueTest::Uri { .. } => IndexTable::Uri,
+        }
+    }
+}
+
+/// One condition on a resource. A [`SearchQuery`] ANDs lists of these, each list ORed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// The logical id.
+    Id(String),
+    /// `meta.lastUpdated`, read from the resources table.
+    LastUpdated(DateCond),
+    /// Some index row of `param` passes `test`.
+    Match { param: String, test: ValueTest },
+    /// No index row of `param` passes `test` (`:not`).
+    NotMatch { param: String, test: ValueTest },
+    /// The resource has (`missing: false`) or lacks (`missing: true`) rows of `param` in `table`.
+    Missing { param: String, table: IndexTable, missing: bool },
+    /// One composite tuple of `param` whose component `i` passes `components[i]`.
+    Composite { param: String, components: Vec<ValueTest> },
+    /// Chaining: the reference `param` points at a live `target_type` resource satisfying `conds`.
+    Chain { param: String, target_type: String, conds: Vec<Vec<Cond>> },
+    /// Reverse chaining (`_has`): a live `source_type` resource whose reference `param` points here satisfies `conds`.
+    Has { source_type: String, param: String, conds: Vec<Vec<Cond>> },
+}
+
+/// What to order results by; ties always fall back to the id, so paging is stable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    Id,
+    LastUpdated,
+    /// A parameter's representative value: the smallest when ascending, the largest when descending.
+    Param {
+        param: String,
+        table: IndexTable,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub by: SortBy,
+    pub descending: bool,
+}
+
+/// A type-level search: `clauses` are ANDed, each clause's conditions ORed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SearchQuery {
+    pub resource_type: String,
+    pub clauses: Vec<Vec<Cond>>,
+    pub sort: Vec<SortKey>,
+    /// Page size; 0 fetches no resources (a count-only search).
+    pub count: u32,
+    pub offset: u64,
+    /// Also count every match (a second query).
+    pub total: bool,
+}
+
+/// One page of matches, in order, with the total when asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    pub resources: Vec<StoredResource>,
+    pub total: Option<i64>,
+    /// Whether more matches follow this page.
+    pub more: bool,
+}
+
+/// Most references an include / revinclude step looks at or returns.
+pub const MAX_INCLUDES: u32 = 1000;
+
+struct Compiler {
+    binds: Vec<Bind>,
+    aliases: usize,
+}
+
+impl Compiler {
+    fn new() -> Self {
+        Compiler { binds: Vec::new(), aliases: 0 }
+    }
+
+    fn bind(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        format!("${}", self.binds.len())
+    }
+
+    fn text(&mut self, s: &str) -> String {
+        self.bind(Bind::Text(s.to_owned()))
+    }
+
+    fn alias(&mut self, stem: &str) -> String {
+        self.aliases += 1;
+        format!("{stem}{}", self.aliases)
+    }
+
+    /// `( a OR b ) AND ( c )` over the resource aliased `r`; an empty list is true.
+    fn clauses(&mut self, clauses: &[Vec<Cond>], r: &str) -> Result<String> {
+        let mut parts = Vec::new();
+        for clause in clauses {
+            if clause.is_empty() {
+                continue;
+            }
+            let ors = clause.iter().map(|c| self.cond(c, r)).collect::<Result<Vec<_>>>()?;
+            parts.push(format!("({})", ors.join(" OR ")));
+        }
+        Ok(if parts.is_empty() { "1 = 1".to_owned() } else { parts.join(" AND ") })
+    }
+
+    fn owner(&self, x: &str, r: &str) -> String {
+        format!("{x}.resource_type = {r}.resource_type AND {x}.id = {r}.id")
+    }
+
+    fn cond(&mut self, cond: &Cond, r: &str) -> Result<String> {
+        Ok(match cond {
+            Cond::Id(id) => format!("{r}.id = {}", self.text(id)),
+            Cond::LastUpdated(d) => self.date(d, &format!("{r}.last_updated_us"), &format!("{r}.last_updated_us")),
+            Cond::Match { param, test } | Cond::NotMatch { param, test } => {
+                let x = self.alias("x");
+                let owner = self.owner(&x, r);
+                let p = self.text(param);
+                let t = self.test(test, &x);
+                let exists = format!(
+                    "EXISTS (SELECT 1 FROM {} {x} WHERE {owner} AND {x}.param = {p} AND {t})",
+                    test.table().name()
+                );
+                if matches!(cond, Cond::NotMatch { .. }) { format!("NOT {exists}") } else { exists }
+            }
+            Cond::Missing { param, table, missing } => {
+                let x = self.alias("x");
+                let owner = self.owner(&x, r);
+                let p = self.text(param);
+                let exists = format!("EXISTS (SELECT 1 FROM {} {x} WHERE {owner} AND {x}.param = {p})", table.name());
+                if *missing { format!("NOT {exists}") } else { exists }
+            }
+            Cond::Composite { param, components } => {
+                if components.is_empty() {
+                    return Err(StoreError::Invalid("a composite condition needs components".into()));
+                }
+                let p = self.text(param);
+                let aliases: Vec<String> = components.iter().map(|_| self.alias("c")).collect();
+                let first = &aliases[0];
+                let mut from = format!("{} {first}", components[0].table().name());
+                let mut wheres =
+                    vec![self.owner(first, r), format!("{first}.param = {p}"), format!("{first}.comp = 0")];
+                for (i, (test, a)) in components.iter().zip(&aliases).enumerate() {
+                    if i > 0 {
+                        from += &format!(
+                            " JOIN {} {a} ON {a}.resource_type = {first}.resource_type AND {a}.id = {first}.id \
+                             AND {a}.param = {first}.param AND {a}.grp = {first}.grp AND {a}.comp = {i}",
+                            test.table().name()
+                        );
+                    }
+                    wheres.push(self.test(test, a));
+                }
+                format!("EXISTS (SELECT 1 FROM {from} WHERE {})", wheres.join(" AND "))
+            }
+            Cond::Chain { param, target_type, conds } => {
+                let x = self.alias("x");
+                let t = self.alias("t");
+                let owner = self.owner(&x, r);
+                let p = self.text(param);
+                let ty = self.text(target_type);
+                let inner = self.clauses(conds, &t)?;
+                format!(
+                    "EXISTS (SELECT 1 FROM search_reference {x} JOIN resources {t} ON {t}.resource_type = {x}.target_type \
+                     AND {t}.id = {x}.target_id WHERE {owner} AND {x}.param = {p} AND {x}.target_type = {ty} \
+                     AND NOT {t}.deleted AND {inner})"
+                )
+            }
+            Cond::Has { source_type, param, conds } => {
+                let x = self.alias("x");
+                let s = self.alias("s");
+                let st = self.text(source_type);
+                let p = self.text(param);
+                let inner = self.clauses(conds, &s)?;
+                format!(
+                    "EXISTS (SELECT 1 FROM search_reference {x} JOIN resources {s} ON {s}.resource_type = {x}.resource_type \
+                     AND {s}.id = {x}.id WHERE {x}.resource_type = {st} AND {x}.param = {p} \
+                     AND {x}.target_id = {r}.id AND {x}.target_type = {r}.resource_type AND NOT {s}.deleted AND {inner})"
+                )
+            }
+        })
+    }
+
+    /// A clause of same-parameter matches as an uncorrelated `r.id IN (...)`: the database reads the matching ids
+    /// from the value index and probes the resources by primary key, instead of probing the index per resource.
+    fn driver(&mut self, clause: &[Cond], resource_type: &str) -> Result<String> {
+        let mut table = None;
+        let mut param = None;
+        let mut tests = Vec::new();
+        for cond in clause {
+            let Cond::Match { param: p, test } = cond else {
+                return Err(StoreError::Invalid("only matches can drive a search".into()));
+            };
+            table = Some(test.table());
+            param = Some(p);
+            tests.push(test);
+        }
+        let (Some(table), Some(param)) = (table, param) else {
+            return Err(StoreError::Invalid("an empty clause cannot drive a search".into()));
+        };
+        let x = self.alias("d");
+        let rt = self.text(resource_type);
+        let p = self.text(param);
+        let ors: Vec<String> = tests.into_iter().map(|t| format!("({})", self.test(t, &x))).collect();
+        Ok(format!(
+            "r.id IN (SELECT {x}.id FROM {} {x} WHERE {x}.resource_type = {rt} AND {x}.param = {p} AND ({}))",
+            table.name(),
+            ors.join(" OR ")
+        ))
+    }
+
+    fn system(&mut self, m: &SystemMatch, column: &str) -> String {
+        match m {
+            SystemMatch::Any => "1 = 1".to_owned(),
+            SystemMatch::None => format!("{column} IS NULL"),
+            SystemMatch::Exactly(s) => format!("{column} = {}", self.text(s)),
+        }
+    }
+
+    fn test(&mut self, test: &ValueTest, x: &str) -> String {
+        match test {
+            ValueTest::Token { system, code } => {
+                let code = match code {
+                    Some(c) => format!("{x}.code = {}", self.text(c)),
+                    None => format!("{x}.code IS NOT NULL"),
+                };
+                format!("{code} AND {}", self.system(system, &format!("{x}.system")))
+            }
+            ValueTest::TokenText(q) => {
+                let starts = self.text(&format!("{}%", like_escape(q)));
+                let word = self.text(&format!("% {}%", like_escape(q)));
+                format!("({x}.text_norm LIKE {starts} ESCAPE '\\' OR {x}.text_norm LIKE {word} ESCAPE '\\')")
+            }
+            ValueTest::TokenOfType { type_system, type_code, value } => {
+                let mut s = format!("{x}.code = {} AND {x}.type_code = {}", self.text(value), self.text(type_code));
+                if let Some(ts) = type_system {
+                    s += &format!(" AND {x}.type_system = {}", self.text(ts));
+                }
+                s
+            }
+            ValueTest::String { mode, value } => match mode {
+                StringMatch::Exact => format!("{x}.value_exact = {}", self.text(value)),
+                StringMatch::Prefix => {
+                    format!("{x}.value_norm LIKE {} ESCAPE '\\'", self.text(&format!("{}%", like_escape(value))))
+                }
+                StringMatch::Contains => {
+                    format!("{x}.value_norm LIKE {} ESCAPE '\\'", self.text(&format!("%{}%", like_escape(value))))
+                }
+            },
+            ValueTest::Reference { target_type, target_id } => {
+                let mut s = format!("{x}.target_id = {}", self.text(target_id));
+                if let Some(t) = target_type {
+                    s += &format!(" AND {x}.target_type = {}", self.text(t));
+                }
+                s
+            }
+            ValueTest::ReferenceUrl { url, version } => {
+                let mut s = format!("{x}.url = {}", self.text(url));
+                if let Some(v) = version {
+                    s += &format!(" AND {x}.version = {}", self.text(v));
+                }
+                s
+            }
+            ValueTest::ReferenceIdentifier { system, value } => {
+                let v = match value {
+                    Some(v) => format!("{x}.ident_value = {}", self.text(v)),
+                    None => format!("{x}.ident_value IS NOT NULL"),
+                };
+                format!("{v} AND {}", self.system(system, &format!("{x}.ident_system")))
+            }
+            ValueTest::Date(d) => self.date(d, &format!("{x}.low_us"), &format!("{x}.high_us")),
+            ValueTest::Number(n) => self.number(n, x),
+            ValueTest::Quantity { cond, system, code } => {
+                let unit = match (system, code) {
+                    (Some(s), Some(c)) => format!("{x}.system = {} AND {x}.code = {}", self.text(s), self.text(c)),
+                    (Some(s), None) => format!("{x}.system = {}", self.text(s)),
+                    (None, Some(c)) => {
+                        let c1 = self.text(c);
+                        let c2 = self.text(c);
+                        format!("({x}.code = {c1} OR {x}.unit = {c2})")
+                    }
+                    (None, None) => "1 = 1".to_owned(),
+                };
+                format!("{unit} AND {}", self.number(cond, x))
+            }
+            ValueTest::Uri { mode, value } => match mode {
+                UriMatch::Exact => format!("{x}.value = {}", self.text(value)),
+                UriMatch::Below => {
+                    format!("{x}.value LIKE {} ESCAPE '\\'", self.text(&format!("{}%", like_escape(value))))
+                }
+                // The indexed URI is a prefix of the query: compare against the query's prefixes of that length.
+                UriMatch::Above => {
+                    let v = self.text(value);
+                    format!("substr({v}, 1, length({x}.value)) = {x}.value")
+                }
+            },
+        }
+    }
+
+    /// The R4 prefix table over inclusive ranges `[sl, sh]` (search) and `[tl, th]` (target columns).
+    fn date(&mut self, d: &DateCond, tl: &str, th: &str) -> String {
+        let sl = self.bind(Bind::Int(d.low));
+        let sh = self.bind(Bind::Int(d.high));
+        let eq = format!("({tl} >= {sl} AND {th} <= {sh})");
+        match d.op {
+            RangeOp::Eq => eq,
+            RangeOp::Ne => format!("NOT {eq}"),
+            RangeOp::Gt => format!("{th} > {sh}"),
+            RangeOp::Lt => format!("{tl} < {sl}"),
+            RangeOp::Ge => format!("({th} > {sh} OR {eq})"),
+            RangeOp::Le => format!("({tl} < {sl} OR {eq})"),
+            RangeOp::Sa => format!("{tl} > {sh}"),
+            RangeOp::Eb => format!("{th} < {sl}"),
+            RangeOp::Ap => format!("({tl} <= {sh} AND {th} >= {sl})"),
+        }
+    }
+
+    /// Number semantics with NULL bounds open; mirrors the in-memory matcher of the FHIR layer.
+    fn number(&mut self, n: &NumberCond, x: &str) -> String {
+        let (tl, th) = (format!("{x}.low"), format!("{x}.high"));
+        let mut f = |v: f64| self.bind(Bind::Float(v));
+        match n.op {
+            RangeOp::Eq => format!("({tl} >= {} AND {th} < {})", f(n.low), f(n.high)),
+            RangeOp::Ne => format!("({tl} IS NULL OR {th} IS NULL OR {tl} < {} OR {th} >= {})", f(n.low), f(n.high)),
+            RangeOp::Gt => format!("({th} IS NULL OR {th} > {})", f(n.value)),
+            RangeOp::Lt => format!("({tl} IS NULL OR {tl} < {})", f(n.value)),
+            RangeOp::Ge => format!("({th} IS NULL OR {th} >= {})", f(n.value)),
+            RangeOp::Le => format!("({tl} IS NULL OR {tl} <= {})", f(n.value)),
+            RangeOp::Sa => format!("{tl} > {}", f(n.value)),
+            RangeOp::Eb => format!("{th} < {}", f(n.value)),
+            RangeOp::Ap => {
+                format!("(({tl} IS NULL OR {tl} <= {}) AND ({th} IS NULL OR {th} >= {}))", f(n.high), f(n.low))
+            }
+        }
+    }
+
+    fn order(&mut self, sort: &[SortKey], r: &str) -> String {
+        let mut keys = Vec::new();
+        for key in sort {
+            let dir = if key.descending { "DESC" } else { "ASC" };
+            let expr = match &key.by {
+                SortBy::Id => format!("{r}.id"),
+                SortBy::LastUpdated => format!("{r}.last_updated_us"),
+                SortBy::Param { param, table } => {
+                    let column = match (table, key.descending) {
+                        (IndexTable::Token, _) => "code",
+                        (IndexTable::String, _) => "value_norm",
+                        (IndexTable::Reference, _) => "target_id",
+                        (IndexTable::Date, false) => "low_us",
+                        (IndexTable::Date, true) => "high_us",
+                        (IndexTable::Number | IndexTable::Quantity, false) => "low",
+                        (IndexTable::Number | IndexTable::Quantity, true) => "high",
+                        (IndexTable::Uri, _) => "value",
+                    };
+                    let agg = if key.descending { "MAX" } else { "MIN" };
+                    let x = self.alias("o");
+                    let owner = self.owner(&x, r);
+                    let p = self.text(param);
+                    let sub = format!(
+                        "(SELECT {agg}({x}.{column}) FROM {} {x} WHERE {owner} AND {x}.param = {p})",
+                        table.name()
+                    );
+                    // Resources without a value sort last either way; the backends disagree on NULL order otherwise.
+                    keys.push(format!("CASE WHEN {sub} IS NULL THEN 1 ELSE 0 END"));
+                    let p2 = self.text(param);
+                    format!("(SELECT {agg}({x}.{column}) FROM {} {x} WHERE {owner} AND {x}.param = {p2})", table.name())
+                }
+            };
+            keys.push(format!("{expr} {dir}"));
+            if key.by == SortBy::Id {
+                return keys.join(", ");
+            }
+        }
+        keys.push(format!("{r}.id ASC"));
+        keys.join(", ")
+    }
+}
+
+/// How well a clause narrows a search when it drives it (0: not at all). Equality on a reference or a code
+/// usually selects a handful of rows out of millions; ranges and prefixes may select most of them.
+fn selectivity(clause: &[Cond]) -> u8 {
+    let mut param = None;
+    let mut score = u8::MAX;
+    for cond in clause {
+        let Cond::Match { param: p, test } = cond else { return 0 };
+        if param.is_some_and(|q: &String| q != p) {
+            return 0;
+        }
+        param = Some(p);
+        let s = match test {
+            ValueTest::Reference { .. } => 3,
+            ValueTest::Token { code: Some(_), .. } | ValueTest::TokenOfType { .. } => 2,
+            ValueTest::String { mode: StringMatch::Exact, .. }
+            | ValueTest::Uri { mode: UriMatch::Exact, .. }
+            | ValueTest::ReferenceUrl { .. } => 2,
+            _ => 0,
+        };
+        score = score.min(s);
+    }
+    if param.is_none() { 0 } else { score }
+}
+
+/// The clause that should drive the query (looked up by index first), if any is selective enough.
+fn driving_clause(clauses: &[Vec<Cond>]) -> Option<usize> {
+    let (i, score) =
+        clauses.iter().enumerate().map(|(i, c)| (i, selectivity(c))).max_by_key(|(i, s)| (*s, usize::MAX - i))?;
+    (score > 0).then_some(i)
+}
+
+/// Escapes `%`, `_` and the escape character itself for `LIKE ... ESCAPE '\'`.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Store {
+    /// Runs a type-level search: the current, non-deleted resources matching every clause, one page at a time.
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
+        let mut c = Compiler::new();
+        let rt = c.text(&query.resource_type);
+        let driver = driving_clause(&query.clauses);
+        let mut filter = String::new();
+        let mut rest = Vec::with_capacity(query.clauses.len());
+        for (i, clause) in query.clauses.iter().enumerate() {
+            if Some(i) == driver {
+                filter = c.driver(clause, &query.resource_type)? + " AND ";
+            } else {
+                rest.push(clause.clone());
+            }
+        }
+        filter += &c.clauses(&rest, "r")?;
+        let base = format!("FROM resources r WHERE r.resource_type = {rt} AND NOT r.deleted AND {filter}");
+        let count_binds = c.binds.clone();
+        let count_sql = format!("SELECT COUNT(*) AS n {base}");
+        let mut resources = Vec::new();
+        let mut more = false;
+        if query.count > 0 {
+            let order = c.order(&query.sort, "r");
+            let limit = c.bind(Bind::Int(i64::from(query.count) + 1));
+            let offset = c.bind(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));
+            let sql = format!("SELECT {SELECT_COLUMNS} {base} ORDER BY {order} LIMIT {limit} OFFSET {offset}");
+            let binds = &c.binds;
+            resources = with_read_pool!(self, pool => {
+                let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
+                rows.iter().map(row_to_resource).collect::<Result<Vec<_>>>()?
+            });
+            if resources.len() > query.count as usize {
+                resources.truncate(query.count as usize);
+                more = true;
+            }
+        }
+        let total = if query.total {
+            let n: i64 = with_read_pool!(self, pool => {
+                bind_all!(sqlx::query(&count_sql), &count_binds).fetch_one(pool).await?.try_get("n")?
+            });
+            Some(n)
+        } else {
+            None
+        };
+        Ok(SearchPage { resources, total, more })
+    }
+
+    /// `_include`: the live resources that the reference `param` of the given `source_type` resources points at,
+    /// optionally only those of `target_type`.
+    pub async fn included(
+        &self,
+        source_type: &str,
+        source_ids: &[String],
+        param: &str,
+        target_type: Option<&str>,
+    ) -> Result<Vec<StoredResource>> {
+        if source_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = Compiler::new();
+        let st = c.text(source_type);
+        let p = c.text(param);
+        let ids: Vec<String> = source_ids.iter().map(|id| c.text(id)).collect();
+        let mut filter = String::new();
+        if let Some(t) = target_type {
+            filter = format!(" AND x.target_type = {}", c.text(t));
+        }
+        let limit = c.bind(Bind::Int(i64::from(MAX_INCLUDES)));
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM resources r WHERE NOT r.deleted AND (r.resource_type, r.id) IN \
+             (SELECT x.target_type, x.target_id FROM search_reference x WHERE x.resource_type = {st} \
+             AND x.id IN ({}) AND x.param = {p}{filter}) ORDER BY r.resource_type, r.id LIMIT {limit}",
+            ids.join(", ")
+        );
+        self.fetch_resources(&sql, &c.binds).await
+    }
+
+    /// `_revinclude`: the live `source_type` resources whose reference `param` points at one of `targets`
+    /// (`(type, id)` pairs).
+    pub async fn revincluded(
+        &self,
+        source_type: &str,
+        param: &str,
+        targets: &[(String, String)],
+    ) -> Result<Vec<StoredResource>> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = Compiler::new();
+        let st = c.text(source_type);
+        let p = c.text(param);
+        // Grouped by type, so each group is one `target_id IN (...)` range on the target index.
+        let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        for (t, id) in targets {
+            by_type.entry(t.as_str()).or_default().push(id.as_str());
+        }
+        let pairs: Vec<String> = by_type
+            .into_iter()
+            .map(|(t, ids)| {
+                let ids: Vec<String> = ids.into_iter().map(|id| c.text(id)).collect();
+                let t = c.text(t);
+                format!("(x.target_id IN ({}) AND x.target_type = {t})", ids.join(", "))
+            })
+            .collect();
+        let limit = c.bind(Bind::Int(i64::from(MAX_INCLUDES)));
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM resources r WHERE r.resource_type = {st} AND NOT r.deleted AND r.id IN \
+             (SELECT x.id FROM search_reference x WHERE x.resource_type = {st} AND x.param = {p} AND ({})) \
+             ORDER BY r.id LIMIT {limit}",
+            pairs.join(" OR ")
+        );
+        self.fetch_resources(&sql, &c.binds).await
+    }
+
+    async fn fetch_resources(&self, sql: &str, binds: &[Bind]) -> Result<Vec<StoredResource>> {
+        with_read_pool!(self, pool => {
+            let rows = bind_all!(sqlx::query(sql), binds).fetch_all(pool).await?;
+            rows.iter().map(row_to_resource).collect()
+        })
+    }
+
+    /// How many index rows one resource has, over all tables (for diagnostics and tests).
+    pub async fn index_row_count(&self, resource_type: &str, id: &str) -> Result<i64> {
+        let mut total = 0;
+        for table in IndexTable::ALL {
+            let sql = format!("SELECT COUNT(*) AS n FROM {} WHERE resource_type = $1 AND id = $2", table.name());
+            let n: i64 = with_read_pool!(self, pool => {
+                sqlx::query(&sql).bind(resource_type).bind(id).fetch_one(pool).await?.try_get("n")?
+            });
+            total += n;
+        }
+        Ok(total)
+    }
+}
+
+const SELECT_COLUMNS: &str = "r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, r.content";
+
+fn row_to_resource<R: Row>(row: &R) -> Result<StoredResource>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredResource {
+        resource_type: row.try_get("resource_type")?,
+        id: row.try_get("id")?,
+        version_id: row.try_get("version_id")?,
+        last_updated: Timestamp(row.try_get("last_updated_us")?),
+        deleted: row.try_get("deleted")?,
+        content: row.try_get("content")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(like_escape("50%_a\\b"), "50\\%\\_a\\\\b");
+    }
+
+    #[test]
+    fn nested_conditions_number_their_placeholders_in_order() {
+        let mut c = Compiler::new();
+        let sql = c
+            .clauses(
+                &[vec![
+                    Cond::Id("a".into()),
+                    Cond::Chain {
+                        param: "subject".into(),
+                        target_type: "Patient".into(),
+                        conds: vec![vec![Cond::Match {
+                            param: "name".into(),
+                            test: ValueTest::String { mode: StringMatch::Prefix, value: "x".into() },
+                        }]],
+                    },
+                ]],
+                "r",
+            )
+            .unwrap();
+        assert_eq!(c.binds.len(), 5);
+        assert!(sql.contains("$5") && !sql.contains("$6"));
+    }
+}
