@@ -81,3 +81,36 @@ fn fhir_api_on_postgres() {
     let url = rt.block_on(postgres_schema_url(&postgres_url()));
     fhir_round_trip(&url);
 }
+
+/// A Python virtual environment with fhirpy, made once under the target folder (PyPI is one of the registries here).
+fn fhirpy_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fhirpy-venv");
+    let python = venv.join("bin/python");
+    let ready =
+        || std::process::Command::new(&python).args(["-c", "import fhirpy"]).output().is_ok_and(|o| o.status.success());
+    if !ready() {
+        let made = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3");
+        assert!(made.success(), "python3 -m venv failed");
+        let pip = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "fhirpy==2.3.1"])
+            .status()
+            .expect("pip");
+        assert!(pip.success(), "installing the fhirpy client from PyPI failed");
+    }
+    assert!(ready(), "fhirpy imports");
+    python
+}
+
+#[test]
+fn a_standard_fhir_client_works_unmodified() {
+    let python = fhirpy_python();
+    let dir = temp_dir();
+    let mut gw = Gateway::start(dir.path(), &["--http-listen", "127.0.0.1:0"], &[]);
+    let addr = gw.wait_ready();
+    let script = workspace_root().join("tests/clients/fhirpy_smoke.py");
+    let out = std::process::Command::new(python).arg(script).arg(format!("http://{addr}/fhir")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fhirpy run failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all interactions behaved"), "{stdout}");
+}

@@ -67,7 +67,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         config.http.max_body_bytes,
         Duration::from_secs(config.http.request_timeout_secs),
     );
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Clients address the FHIR base both as `/fhir` and `/fhir/` (a transaction is POSTed to the base), so trailing
+    // slashes are trimmed before routing.
+    let app = tower::Layer::layer(&tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(), app);
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
 
     tracing::info!(
