@@ -232,7 +232,9 @@ impl<'h> Ack<'h> {
         let h = self.header;
         let version = if SUPPORTED_VERSIONS.contains(&h.version.as_str()) { h.version.as_str() } else { "2.5.1" };
         let v = version_tuple(version);
-        let d = h.delimiters;
+        // The truncation character (v2.7+) is not carried over: the ACK writes values such as the version `2.5.1`
+        // that would otherwise need escaping wherever the sender chose `.` or another common character for it.
+        let d = crate::delim::Delimiters { truncation: None, ..h.delimiters };
         let mut b = MessageBuilder::new(d).with_charset(h.charset.unwrap_or(Charset::Utf8));
         {
             let mut msh = b.segment("MSH");
