@@ -238,8 +238,12 @@ fn validate_msh(seg: &[u8], d: &Delimiters) -> Result<Option<Charset>, ParseErro
     let get = |n: usize| f.get(n).copied().unwrap_or_default();
     let show = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
 
+    // Header codes are compared after unescaping: a sender whose delimiters include `.` must escape the dots of
+    // its version (`2\S\5\S\1`), and that is still version 2.5.1.
+    let un = |v: &[u8]| crate::escape::unescape(v, d).into_owned();
     let msh9 = get(9);
-    let (ty, trig) = (comp(msh9, d, 1), comp(msh9, d, 2));
+    let (ty, trig) = (un(comp(msh9, d, 1)), un(comp(msh9, d, 2)));
+    let (ty, trig) = (ty.as_slice(), trig.as_slice());
     if ty.is_empty() {
         return Err(msh_err(ErrorCode::RequiredFieldMissing, 9, 0, "MSH-9 (message type) is missing".into()));
     }
@@ -265,7 +269,8 @@ fn validate_msh(seg: &[u8], d: &Delimiters) -> Result<Option<Charset>, ParseErro
     if get(10).is_empty() {
         return Err(msh_err(ErrorCode::RequiredFieldMissing, 10, 0, "MSH-10 (message control id) is missing".into()));
     }
-    let pid = comp(get(11), d, 1);
+    let pid = un(comp(get(11), d, 1));
+    let pid = pid.as_slice();
     if pid.is_empty() {
         return Err(msh_err(ErrorCode::RequiredFieldMissing, 11, 0, "MSH-11 (processing id) is missing".into()));
     }
@@ -277,7 +282,8 @@ fn validate_msh(seg: &[u8], d: &Delimiters) -> Result<Option<Charset>, ParseErro
             format!("processing id '{}' is not P, D or T", show(pid)),
         ));
     }
-    let ver = comp(get(12), d, 1);
+    let ver = un(comp(get(12), d, 1));
+    let ver = ver.as_slice();
     if ver.is_empty() {
         return Err(msh_err(ErrorCode::RequiredFieldMissing, 12, 0, "MSH-12 (version id) is missing".into()));
     }
@@ -290,7 +296,8 @@ fn validate_msh(seg: &[u8], d: &Delimiters) -> Result<Option<Charset>, ParseErro
         ));
     }
     for n in [15u32, 16] {
-        let v = get(n as usize);
+        let v = un(get(n as usize));
+        let v = v.as_slice();
         if !v.is_empty() && !matches!(v, b"AL" | b"NE" | b"ER" | b"SU") {
             return Err(msh_err(
                 ErrorCode::TableValueNotFound,
