@@ -164,7 +164,10 @@ async fn bundle_input_errors(db: TestDb) {
             json!({"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=x|1"}}),
         ],
     );
-    app.write("POST", "/fhir", &[], &conditional).await.outcome(400, "not-supported");
+    // Conditional create is implemented now (tests/conditional.rs covers it); no match means created.
+    let created = app.write("POST", "/fhir", &[], &conditional).await;
+    assert_eq!(created.status.as_u16(), 200, "{}", created.json);
+    assert_eq!(created.json["entry"][0]["response"]["status"], "201 Created");
     let empty = app.write("POST", "/fhir", &[], &post_bundle("transaction", vec![])).await;
     assert_eq!(empty.status.as_u16(), 200);
     assert_eq!(empty.json["entry"].as_array().map(Vec::len), Some(0));

@@ -39,7 +39,9 @@ async fn capability_statement_tells_the_truth(db: TestDb) {
     assert_eq!(task["versioning"], "versioned");
     assert_eq!(task["readHistory"], true);
     assert_eq!(task["updateCreate"], true);
-    assert_eq!(task["conditionalCreate"], false);
+    assert_eq!(task["conditionalCreate"], true);
+    assert_eq!(task["conditionalUpdate"], true);
+    assert_eq!(task["conditionalDelete"], "single");
     let params: Vec<&str> =
         task["searchParam"].as_array().expect("searchParam").iter().filter_map(|p| p["name"].as_str()).collect();
     for name in ["_id", "_lastUpdated", "owner", "status"] {

@@ -4,6 +4,13 @@
 //! specification prescribes (DELETE, POST, PUT/PATCH, then GET), `urn:uuid:` and other `fullUrl` references to
 //! created resources are rewritten to their new `Type/id` before anything is written, and two entries may not touch
 //! the same resource. A batch runs each entry on its own and reports each outcome in its response entry.
+//!
+//! Conditional entries (R4 http.html#trules): `request.ifNoneExist` on POST, `Type?criteria` URLs on PUT and DELETE,
+//! and conditional references (`"reference": "Patient?identifier=…"`) are searched before anything is written and
+//! resolved to the `Type/id` they match; a conditional create that finds its resource writes nothing, and its
+//! `fullUrl` then stands for the resource found. The searches read committed data only: they do not see what earlier
+//! entries of the same transaction write, which is why two conditional creates with the same criteria are refused and
+//! a conditional reference spelling a conditional create's criteria points at that entry directly.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,12 +51,46 @@ struct Planned {
     version: Option<i64>,
     resource: Option<Value>,
     if_match: Option<i64>,
+    /// Search criteria: `ifNoneExist` of a POST, or the query of a conditional PUT/DELETE URL.
+    condition: Option<String>,
+    /// What the criteria resolved to, once [`resolve_condition`] ran.
+    resolved: Resolved,
+}
+
+/// The effect of an entry's conditional criteria on what it does.
+#[derive(Debug, Clone, Default)]
+enum Resolved {
+    /// Not conditional, or a conditional create that found nothing: the entry runs as written.
+    #[default]
+    Plain,
+    /// A conditional create that found this resource: nothing is written, the entry answers with it.
+    Existing(StoredResource),
+    /// A conditional update or delete that found one resource at this version: written only if still there.
+    Matched(i64),
+    /// A conditional update that found nothing and creates under a server-assigned id.
+    CreateNew,
+    /// A conditional update that found nothing and creates under the resource's own id (update-as-create).
+    CreateWithId,
+    /// A conditional delete that found nothing: succeeds without writing.
+    Nothing,
+}
+
+impl Planned {
+    /// Whether executing the entry writes anything.
+    fn writes(&self) -> bool {
+        self.method != Method::Get && !matches!(self.resolved, Resolved::Existing(_) | Resolved::Nothing)
+    }
 }
 
 /// What happened to one entry, for its `response`.
 #[derive(Debug)]
 enum Outcome {
-    Written { stored: StoredResource, created: bool },
+    Written {
+        stored: StoredResource,
+        created: bool,
+    },
+    /// A conditional create matched this resource; nothing was written.
+    Existing(StoredResource),
     Deleted(Option<StoredResource>),
     Read(StoredResource),
     Failed(FhirError),
@@ -91,18 +132,60 @@ pub async fn process(State(state): State<FhirState>, headers: HeaderMap, body: B
 
 async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, FhirError> {
     let mut planned = Vec::with_capacity(entries.len());
-    let mut references: HashMap<String, String> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         let plan = plan_entry(index, entry).map_err(|e| e.at(format!("Bundle.entry[{index}]")))?;
+        planned.push(plan);
+    }
+    // On SQLite the write lock is taken before the conditional searches, so nothing can commit between a search
+    // and the writes that depend on it (see `search::search_after_begin` for PostgreSQL's remaining race).
+    let mut early_tx = if search::search_after_begin(state) { Some(state.store.begin().await?) } else { None };
+    let mut conditional_creates: HashMap<String, String> = HashMap::new();
+    for plan in &mut planned {
+        let index = plan.index;
+        resolve_condition(state, plan).await.map_err(|e| e.at(format!("Bundle.entry[{index}]")))?;
+        if plan.method == Method::Post
+            && let Some(query) = &plan.condition
+        {
+            // The searches read committed data only, so two creates with the same criteria would both find
+            // nothing and both create: the very duplicate the client meant to avoid.
+            let key = criteria_key(&plan.resource_type, query);
+            let target = format!("{}/{}", plan.resource_type, plan.id);
+            if conditional_creates.insert(key, target).is_some() && matches!(plan.resolved, Resolved::Plain) {
+                return Err(FhirError::bad_request(
+                    IssueType::Invalid,
+                    "two entries conditionally create with the same criteria",
+                )
+                .at(format!("Bundle.entry[{index}]")));
+            }
+        }
+    }
+    let mut references: HashMap<String, String> = HashMap::new();
+    for (plan, entry) in planned.iter().zip(entries) {
         if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str)
             && matches!(plan.method, Method::Post | Method::Put)
         {
             references.insert(full_url.to_owned(), format!("{}/{}", plan.resource_type, plan.id));
         }
-        planned.push(plan);
+    }
+    for plan in &planned {
+        let Some(resource) = plan.resource.as_ref() else { continue };
+        for reference in conditional_references(resource) {
+            if references.contains_key(&reference) {
+                continue;
+            }
+            // A conditional reference naming exactly the criteria of a conditional create in this Bundle points at
+            // that entry's resource, which the committed-data search cannot see yet.
+            let target = match conditional_creates.get(&reference) {
+                Some(target) => target.clone(),
+                None => resolve_reference(state, &reference)
+                    .await
+                    .map_err(|e| e.at(format!("Bundle.entry[{}]", plan.index)))?,
+            };
+            references.insert(reference, target);
+        }
     }
     let mut touched = HashSet::new();
-    for plan in planned.iter().filter(|p| p.method != Method::Get) {
+    for plan in planned.iter().filter(|p| p.writes()) {
         if !touched.insert((plan.resource_type.clone(), plan.id.clone())) {
             return Err(FhirError::bad_request(
                 IssueType::Invalid,
@@ -122,7 +205,10 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
     let mut order: Vec<usize> = (0..planned.len()).collect();
     order.sort_by_key(|&i| (planned[i].method, i));
 
-    let mut tx = state.store.begin().await?;
+    let mut tx = match early_tx.take() {
+        Some(tx) => tx,
+        None => state.store.begin().await?,
+    };
     let mut outcomes: Vec<Option<Outcome>> = (0..planned.len()).map(|_| None).collect();
     for i in order {
         let plan = &planned[i];
@@ -146,23 +232,145 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
 async fn batch(state: &FhirState, entries: &[Value]) -> Response {
     let mut responses = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
-        let outcome = match plan_entry(index, entry) {
+        let outcome = match batch_entry(state, index, entry).await {
+            Ok(done) => done,
             Err(e) => Outcome::Failed(e),
-            Ok(plan) => match state.store.begin().await {
-                Err(e) => Outcome::Failed(e.into()),
-                Ok(mut tx) => match execute(state, &mut tx, &plan).await {
-                    Outcome::Failed(e) => Outcome::Failed(e),
-                    done => match tx.commit().await {
-                        Ok(()) => done,
-                        Err(e) => Outcome::Failed(e.into()),
-                    },
-                },
-            },
         };
         responses.push(response_entry(state, outcome));
     }
     tracing::info!(entries = entries.len(), "batch processed");
     json_response(StatusCode::OK, &json!({"resourceType": "Bundle", "type": "batch-response", "entry": responses}))
+}
+
+/// One batch entry in its own transaction: conditional criteria and conditional references resolved, then run.
+async fn batch_entry(state: &FhirState, index: usize, entry: &Value) -> Result<Outcome, FhirError> {
+    let mut plan = plan_entry(index, entry)?;
+    let early_tx = if search::search_after_begin(state) { Some(state.store.begin().await?) } else { None };
+    resolve_condition(state, &mut plan).await?;
+    if let Some(resource) = plan.resource.as_mut() {
+        let mut references = HashMap::new();
+        for reference in conditional_references(resource) {
+            let target = resolve_reference(state, &reference).await?;
+            references.insert(reference, target);
+        }
+        rewrite_references(resource, &references);
+    }
+    let mut tx = match early_tx {
+        Some(tx) => tx,
+        None => state.store.begin().await?,
+    };
+    match execute(state, &mut tx, &plan).await {
+        Outcome::Failed(e) => Err(e),
+        done => {
+            tx.commit().await?;
+            Ok(done)
+        }
+    }
+}
+
+/// Runs an entry's conditional search and fixes its target id and what executing it will do (R4 http.html#trules).
+async fn resolve_condition(state: &FhirState, plan: &mut Planned) -> Result<(), FhirError> {
+    let Some(query) = plan.condition.clone() else { return Ok(()) };
+    let matches = search::conditional_matches(state, &plan.resource_type, &query).await?;
+    let body_id = plan.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
+    plan.resolved = match (plan.method, matches) {
+        (_, search::Matches::Several) => return Err(search::several_matches(&plan.resource_type)),
+        (Method::Post, search::Matches::One(existing)) => {
+            plan.id = existing.id.clone();
+            Resolved::Existing(existing)
+        }
+        (Method::Put, search::Matches::One(existing)) => {
+            if body_id.as_ref().is_some_and(|b| *b != existing.id) {
+                return Err(FhirError::bad_request(
+                    IssueType::Invalid,
+                    "resource.id differs from the id of the resource the criteria match",
+                )
+                .at("resource.id"));
+            }
+            plan.id = existing.id;
+            Resolved::Matched(existing.version_id)
+        }
+        (Method::Put, search::Matches::None) => match body_id {
+            Some(id) => {
+                check_id(&id).map_err(|e| e.at("resource.id"))?;
+                plan.id = id;
+                Resolved::CreateWithId
+            }
+            None => {
+                plan.id = new_id();
+                Resolved::CreateNew
+            }
+        },
+        (Method::Delete, search::Matches::One(existing)) => {
+            plan.id = existing.id;
+            Resolved::Matched(existing.version_id)
+        }
+        (Method::Delete, search::Matches::None) => Resolved::Nothing,
+        _ => Resolved::Plain,
+    };
+    if plan.method == Method::Put
+        && let Some(object) = plan.resource.as_mut().and_then(Value::as_object_mut)
+    {
+        object.insert("id".into(), Value::String(plan.id.clone()));
+    }
+    Ok(())
+}
+
+/// `Type?criteria` as a conditional reference to the same criteria would spell it.
+fn criteria_key(resource_type: &str, query: &str) -> String {
+    let criteria = query
+        .strip_prefix(resource_type)
+        .and_then(|rest| rest.strip_prefix('?'))
+        .or_else(|| query.strip_prefix('?'))
+        .unwrap_or(query);
+    format!("{resource_type}?{criteria}")
+}
+
+/// Whether a reference is a conditional reference (`Type?criteria`) rather than a literal or absolute one.
+fn is_conditional_reference(reference: &str) -> bool {
+    reference.split_once('?').is_some_and(|(ty, _)| !ty.is_empty() && ty.bytes().all(|b| b.is_ascii_alphabetic()))
+}
+
+/// Every distinct conditional reference in a resource, in document order.
+fn conditional_references(resource: &Value) -> Vec<String> {
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(object) => {
+                for (key, child) in object {
+                    if key == "reference"
+                        && let Value::String(target) = child
+                    {
+                        if is_conditional_reference(target) && !out.contains(target) {
+                            out.push(target.clone());
+                        }
+                    } else {
+                        walk(child, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| walk(item, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(resource, &mut out);
+    out
+}
+
+/// Resolves a conditional reference to `Type/id`; it must match exactly one resource. Diagnostics name the type
+/// only: the criteria often carry identifiers.
+async fn resolve_reference(state: &FhirState, reference: &str) -> Result<String, FhirError> {
+    let (resource_type, query) = reference.split_once('?').unwrap_or((reference, ""));
+    check_type(resource_type)?;
+    match search::conditional_matches(state, resource_type, query).await? {
+        search::Matches::One(found) => Ok(format!("{}/{}", found.resource_type, found.id)),
+        search::Matches::None => Err(FhirError::precondition_failed(format!(
+            "a conditional reference to {resource_type} matches no resource; it must match exactly one"
+        ))),
+        search::Matches::Several => Err(FhirError::precondition_failed(format!(
+            "a conditional reference to {resource_type} matches more than one resource; it must match exactly one"
+        ))),
+    }
 }
 
 /// Checks one entry's request and resource and decides what it will do.
@@ -190,13 +398,34 @@ fn plan_entry(index: usize, entry: &Value) -> Result<Planned, FhirError> {
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty())
         .ok_or_else(|| FhirError::bad_request(IssueType::Required, "request.url is required").at("request.url"))?;
-    if url.contains('?') || request.contains_key("ifNoneExist") {
-        return Err(FhirError::bad_request(
-            IssueType::NotSupported,
-            "conditional interactions in Bundles are not supported yet",
-        )
-        .at("request.url"));
-    }
+    let (url, url_query) = match url.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (url, None),
+    };
+    let condition = match (method, url_query, request.get("ifNoneExist")) {
+        (_, Some(_), Some(_)) => {
+            return Err(FhirError::bad_request(IssueType::Invalid, "ifNoneExist goes with a plain POST to a type")
+                .at("request.ifNoneExist"));
+        }
+        (Method::Post, None, Some(Value::String(query))) if !query.trim().is_empty() => Some(query.trim().to_owned()),
+        (Method::Post, None, Some(_)) => {
+            return Err(FhirError::bad_request(IssueType::Value, "request.ifNoneExist must be search parameters")
+                .at("request.ifNoneExist"));
+        }
+        (_, None, Some(_)) => {
+            return Err(FhirError::bad_request(IssueType::Invalid, "request.ifNoneExist applies to POST only")
+                .at("request.ifNoneExist"));
+        }
+        (Method::Put | Method::Delete, Some(query), None) if !query.is_empty() => Some(query.to_owned()),
+        (_, Some(_), None) => {
+            return Err(FhirError::bad_request(
+                IssueType::NotSupported,
+                "only PUT and DELETE entries may have search criteria in request.url (searches are not supported in Bundles)",
+            )
+            .at("request.url"));
+        }
+        (_, None, None) => None,
+    };
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         Some(tag) => Some(media::parse_etag(tag).ok_or_else(|| {
             FhirError::bad_request(IssueType::Value, "request.ifMatch must be an ETag such as W/\"3\"")
@@ -205,10 +434,19 @@ fn plan_entry(index: usize, entry: &Value) -> Result<Planned, FhirError> {
         None => None,
     };
     let segments: Vec<&str> = url.trim_start_matches('/').split('/').collect();
+    if condition.is_some() && segments.len() != 1 {
+        return Err(FhirError::bad_request(
+            IssueType::Invalid,
+            "conditional entries must have request.url Type?criteria",
+        )
+        .at("request.url"));
+    }
     let resource_type = segments[0].to_owned();
     check_type(&resource_type)?;
     let (id, version) = match (method, segments.as_slice()) {
         (Method::Post, [_]) => (new_id(), None),
+        // The target is known once the criteria have been searched.
+        (Method::Put | Method::Delete, [_]) if condition.is_some() => (String::new(), None),
         (Method::Put | Method::Patch | Method::Delete | Method::Get, [_, id]) => {
             check_id(id)?;
             ((*id).to_owned(), None)
@@ -236,6 +474,8 @@ fn plan_entry(index: usize, entry: &Value) -> Result<Planned, FhirError> {
             })?;
             validate_resource(&resource, &resource_type)?;
             match (method, resource.get("id").and_then(Value::as_str)) {
+                // A conditional PUT's id is checked against what the criteria match.
+                (Method::Put, _) if condition.is_some() => {}
                 (Method::Put, Some(body_id)) if body_id != id => {
                     return Err(FhirError::bad_request(IssueType::Invalid, "resource.id does not match request.url")
                         .at("resource.id"));
@@ -246,7 +486,10 @@ fn plan_entry(index: usize, entry: &Value) -> Result<Planned, FhirError> {
                 }
                 _ => {}
             }
-            if let Some(object) = resource.as_object_mut() {
+            // A conditional PUT gets its id once the criteria have been searched.
+            if !(method == Method::Put && condition.is_some())
+                && let Some(object) = resource.as_object_mut()
+            {
                 object.insert("id".into(), Value::String(id.clone()));
             }
             Some(resource)
@@ -255,7 +498,7 @@ fn plan_entry(index: usize, entry: &Value) -> Result<Planned, FhirError> {
         Method::Patch => Some(patch_document(entry)?),
         Method::Delete | Method::Get => None,
     };
-    Ok(Planned { index, method, resource_type, id, version, resource, if_match })
+    Ok(Planned { index, method, resource_type, id, version, resource, if_match, condition, resolved: Resolved::Plain })
 }
 
 /// JSON Patch in a Bundle travels as a Binary whose `data` is the base64 patch, or as the array itself.
@@ -275,7 +518,14 @@ fn patch_document(entry: &Value) -> Result<Value, FhirError> {
 }
 
 async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome {
-    let precondition = plan.if_match.map_or(Precondition::None, Precondition::Version);
+    let matched = match &plan.resolved {
+        Resolved::Existing(existing) => return Outcome::Existing(existing.clone()),
+        Resolved::Nothing => return Outcome::Deleted(None),
+        Resolved::Matched(version) => Some(*version),
+        _ => None,
+    };
+    // A conditional match is written only if it is still the version the search saw.
+    let precondition = plan.if_match.or(matched).map_or(Precondition::None, Precondition::Version);
     let result: Result<Outcome, FhirError> = async {
         match plan.method {
             Method::Post => {
@@ -287,7 +537,22 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
             }
             Method::Put => {
                 let current = tx.read(&plan.resource_type, &plan.id).await?;
-                if current.is_none() && !state.allow_update_create {
+                let precondition = match (&plan.resolved, &current) {
+                    (Resolved::CreateNew, _) => Precondition::MustNotExist,
+                    (Resolved::CreateWithId, Some(c)) if !c.deleted => {
+                        return Err(FhirError::new(
+                            StatusCode::CONFLICT,
+                            IssueType::Conflict,
+                            format!(
+                                "{}/{} exists but does not match the criteria; leave out the id or correct the criteria",
+                                plan.resource_type, plan.id
+                            ),
+                        ));
+                    }
+                    (Resolved::CreateWithId, Some(c)) => Precondition::Version(c.version_id),
+                    _ => precondition,
+                };
+                if current.is_none() && !state.allow_update_create && !matches!(plan.resolved, Resolved::CreateNew) {
                     return Err(FhirError::method_not_allowed(
                         "this server does not create resources with client-assigned ids (update as create)",
                     ));
@@ -318,10 +583,13 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     return Err(FhirError::unprocessable(IssueType::Invalid, "a patch may not change the resource id"));
                 }
                 let expected = plan.if_match.unwrap_or(current.version_id);
+                let rows = search::index_rows(&patched);
                 let written = tx
                     .put(patched, Precondition::Version(expected))
                     .await
                     .map_err(|e| version_error(e, plan.if_match))?;
+                // Without this a patched value would stay unsearchable (and conditional criteria would miss it).
+                tx.replace_index(&plan.resource_type, &plan.id, &rows).await?;
                 Ok(Outcome::Written { stored: written.resource, created: false })
             }
             Method::Delete => {
@@ -329,6 +597,9 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     .delete(&plan.resource_type, &plan.id, precondition)
                     .await
                     .map_err(|e| version_error(e, plan.if_match))?;
+                if deleted.is_some() {
+                    tx.clear_index(&plan.resource_type, &plan.id).await?;
+                }
                 Ok(Outcome::Deleted(deleted))
             }
             Method::Get => {
@@ -373,6 +644,16 @@ fn response_entry(state: &FhirState, outcome: Outcome) -> Value {
         Outcome::Written { stored, created } => {
             let location = format!("{}/{}/_history/{}", stored.resource_type, stored.id, stored.version_id);
             response.insert("status".into(), json!(if created { "201 Created" } else { "200 OK" }));
+            response.insert("location".into(), json!(location));
+            versioned(&stored, &mut response);
+            entry.insert("fullUrl".into(), json!(format!("{base}/{}/{}", stored.resource_type, stored.id)));
+            if let Some(resource) = stored.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()) {
+                entry.insert("resource".into(), resource);
+            }
+        }
+        Outcome::Existing(stored) => {
+            let location = format!("{}/{}/_history/{}", stored.resource_type, stored.id, stored.version_id);
+            response.insert("status".into(), json!("200 OK"));
             response.insert("location".into(), json!(location));
             versioned(&stored, &mut response);
             entry.insert("fullUrl".into(), json!(format!("{base}/{}/{}", stored.resource_type, stored.id)));
@@ -463,6 +744,28 @@ mod tests {
         assert_eq!(resource["hasMember"][0]["reference"], "Patient/abc");
         assert_eq!(resource["hasMember"][1]["reference"], "Observation/keep");
         assert_eq!(resource["note"][0]["text"], "urn:uuid:1", "only references are rewritten");
+    }
+
+    #[test]
+    fn conditional_references_are_told_from_literal_ones() {
+        assert!(is_conditional_reference("Patient?identifier=http://x|1"));
+        assert!(!is_conditional_reference("Patient/1"));
+        assert!(!is_conditional_reference("urn:uuid:1"));
+        assert!(!is_conditional_reference("http://other/fhir/Patient?x=1"));
+        assert!(!is_conditional_reference("?x=1"));
+        let resource = json!({
+            "subject": {"reference": "Patient?identifier=a|1"},
+            "performer": [{"reference": "Patient?identifier=a|1"}, {"reference": "Practitioner?name=x"}],
+            "note": [{"text": "Patient?identifier=a|2"}]
+        });
+        assert_eq!(conditional_references(&resource), vec!["Patient?identifier=a|1", "Practitioner?name=x"]);
+    }
+
+    #[test]
+    fn criteria_keys_ignore_the_optional_type_prefix() {
+        assert_eq!(criteria_key("Patient", "identifier=a|1"), "Patient?identifier=a|1");
+        assert_eq!(criteria_key("Patient", "Patient?identifier=a|1"), "Patient?identifier=a|1");
+        assert_eq!(criteria_key("Patient", "?identifier=a|1"), "Patient?identifier=a|1");
     }
 
     #[test]

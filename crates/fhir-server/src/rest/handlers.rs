@@ -1,12 +1,15 @@
-//! The instance and type interactions: read, vread, create, update, patch, delete.
+//! The instance and type interactions: read, vread, create, update, patch, delete, and the conditional create
+//! (`If-None-Exist`), update (`PUT /{type}?…`) and delete (`DELETE /{type}?…`) of R4 http.html.
+
+use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use store::{Precondition, StoreError, StoredResource, Written, format_instant, is_valid_id};
+use store::{Precondition, StoreError, StoreTx, StoredResource, Written, format_instant, is_valid_id};
 
 use super::error::{FhirError, IssueType, information_outcome};
 use super::media::{self, ReturnPreference};
@@ -199,24 +202,82 @@ pub async fn create(
 ) -> Result<Response, FhirError> {
     let Path(resource_type) = path.map_err(path_error)?;
     check_type(&resource_type)?;
-    if headers.contains_key("if-none-exist") {
-        return Err(FhirError::bad_request(
-            IssueType::NotSupported,
-            "conditional create (If-None-Exist) is not supported",
-        ));
-    }
+    let condition = match headers.get("if-none-exist") {
+        None => None,
+        Some(value) => Some(value.to_str().ok().map(str::trim).filter(|v| !v.is_empty()).ok_or_else(|| {
+            FhirError::bad_request(IssueType::Invalid, "If-None-Exist must carry search parameters").at("If-None-Exist")
+        })?),
+    };
     let mut resource = resource_body(&state, &resource_type, body).await?;
+    let mut tx = None;
+    if let Some(query) = condition {
+        let (begun, matches) =
+            begin_conditional(&state, &resource_type, query).await.map_err(|e| e.at("If-None-Exist"))?;
+        tx = begun;
+        match matches {
+            search::Matches::None => {}
+            search::Matches::One(existing) => {
+                tracing::info!(resource_type = %resource_type, id = %existing.id, "conditional create matched");
+                return Ok(existing_response(&state, &headers, &existing));
+            }
+            search::Matches::Several => return Err(search::several_matches(&resource_type).at("If-None-Exist")),
+        }
+    }
     let id = new_id();
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
     let rows = search::index_rows(&resource);
-    let mut tx = state.store.begin().await?;
+    let mut tx = match tx {
+        Some(tx) => tx,
+        None => state.store.begin().await?,
+    };
     let written = tx.put(resource, Precondition::MustNotExist).await?;
     tx.replace_index(&resource_type, &id, &rows).await?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "created");
     Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
+}
+
+/// Runs the search of a conditional interaction and, where that makes the check-then-write atomic (SQLite, see
+/// [`search::search_after_begin`]), begins the write transaction first and hands it back.
+async fn begin_conditional(
+    state: &FhirState,
+    resource_type: &str,
+    query: &str,
+) -> Result<(Option<StoreTx>, search::Matches), FhirError> {
+    let tx = if search::search_after_begin(state) { Some(state.store.begin().await?) } else { None };
+    let matches = search::conditional_matches(state, resource_type, query).await?;
+    Ok((tx, matches))
+}
+
+/// 200 with the resource a conditional create found: nothing was written (R4 http.html#ccreate).
+fn existing_response(state: &FhirState, headers: &HeaderMap, existing: &StoredResource) -> Response {
+    let mut response = match media::return_preference(headers) {
+        ReturnPreference::Representation => resource_response(StatusCode::OK, existing),
+        ReturnPreference::Minimal => {
+            let mut r = StatusCode::OK.into_response();
+            version_headers(&mut r, existing);
+            r
+        }
+        ReturnPreference::OperationOutcome => {
+            let mut r = json_response(
+                StatusCode::OK,
+                &information_outcome(&format!(
+                    "{}/{} already matches the If-None-Exist criteria; nothing was created",
+                    existing.resource_type, existing.id
+                )),
+            );
+            version_headers(&mut r, existing);
+            r
+        }
+    };
+    let location =
+        format!("{}/{}/{}/_history/{}", state.base(), existing.resource_type, existing.id, existing.version_id);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
 }
 
 /// A version conflict is 412 when the client named the version (If-Match) and 409 when another writer won a race.
@@ -337,30 +398,166 @@ pub async fn delete(
     }
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "delete");
-    let mut response = match media::return_preference(&headers) {
-        ReturnPreference::OperationOutcome => {
-            let text = match &deleted {
-                Some(d) => format!("{resource_type}/{id} deleted as version {}", d.version_id),
-                None => format!("{resource_type}/{id} was not present; nothing to delete"),
-            };
-            json_response(StatusCode::OK, &information_outcome(&text))
-        }
+    let text = match &deleted {
+        Some(d) => format!("{resource_type}/{id} deleted as version {}", d.version_id),
+        None => format!("{resource_type}/{id} was not present; nothing to delete"),
+    };
+    Ok(delete_response(&headers, deleted.as_ref(), &text))
+}
+
+fn delete_response(headers: &HeaderMap, deleted: Option<&StoredResource>, text: &str) -> Response {
+    let mut response = match media::return_preference(headers) {
+        ReturnPreference::OperationOutcome => json_response(StatusCode::OK, &information_outcome(text)),
         _ => StatusCode::NO_CONTENT.into_response(),
     };
-    if let Some(d) = &deleted
+    if let Some(d) = deleted
         && let Ok(v) = HeaderValue::from_str(&media::etag(d.version_id))
     {
         response.headers_mut().insert(header::ETAG, v);
     }
-    Ok(response)
+    response
+}
+
+/// `PUT /{type}?criteria` (R4 http.html#cond-update): no match creates (under the body's id, as update-as-create,
+/// or a server id), one match is updated, several are 412.
+async fn conditional_update(
+    state: &FhirState,
+    resource_type: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    check_type(resource_type)?;
+    let expected = media::if_match(headers)?;
+    let mut resource = resource_body(state, resource_type, body).await?;
+    let body_id = match resource.get("id") {
+        None => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => {
+            return Err(FhirError::bad_request(IssueType::Invalid, "the resource id must be a string")
+                .at(format!("{resource_type}.id")));
+        }
+    };
+    let (tx, matches) = begin_conditional(state, resource_type, query).await?;
+    let mut tx = match tx {
+        Some(tx) => tx,
+        None => state.store.begin().await?,
+    };
+    let (id, precondition) = match matches {
+        search::Matches::Several => return Err(search::several_matches(resource_type)),
+        search::Matches::One(existing) => {
+            if body_id.as_ref().is_some_and(|b| *b != existing.id) {
+                return Err(FhirError::bad_request(
+                    IssueType::Invalid,
+                    "the resource id differs from the id of the resource the criteria match",
+                )
+                .at(format!("{resource_type}.id")));
+            }
+            // Naming the matched version makes a write that raced this one fail instead of being overwritten.
+            (existing.id, Precondition::Version(expected.unwrap_or(existing.version_id)))
+        }
+        search::Matches::None if expected.is_some() => {
+            return Err(FhirError::precondition_failed("If-Match names a version but the criteria match no resource"));
+        }
+        search::Matches::None => match body_id {
+            None => (new_id(), Precondition::MustNotExist),
+            Some(id) => match tx.read(resource_type, &id).await? {
+                // Updating it would change a resource the client's criteria say is not the one meant.
+                Some(current) if !current.deleted => {
+                    return Err(FhirError::new(
+                        StatusCode::CONFLICT,
+                        IssueType::Conflict,
+                        format!(
+                            "{resource_type}/{id} exists but does not match the criteria; \
+                             leave out the id or correct the criteria"
+                        ),
+                    ));
+                }
+                Some(current) => (id, Precondition::Version(current.version_id)),
+                None if !state.allow_update_create => {
+                    return Err(FhirError::method_not_allowed(format!(
+                        "{resource_type}/{id} does not exist and this server does not allow update-as-create \
+                         (leave out the id to have one assigned)"
+                    )));
+                }
+                None => (id, Precondition::MustNotExist),
+            },
+        },
+    };
+    if let Some(object) = resource.as_object_mut() {
+        object.insert("id".into(), Value::String(id.clone()));
+    }
+    let rows = search::index_rows(&resource);
+    let written = tx.put(resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    tx.replace_index(resource_type, &id, &rows).await?;
+    tx.commit().await?;
+    tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "conditionally updated");
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(write_response(state, headers, &written, status))
+}
+
+/// `DELETE /{type}?criteria` (R4 http.html#cdelete), single-delete semantics: no match succeeds like deleting an
+/// absent resource, one match is deleted, several are 412 (the CapabilityStatement says `conditionalDelete: single`).
+async fn conditional_delete(
+    state: &FhirState,
+    resource_type: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<Response, FhirError> {
+    check_type(resource_type)?;
+    let expected = media::if_match(headers)?;
+    let (tx, matches) = begin_conditional(state, resource_type, query).await?;
+    let existing = match matches {
+        search::Matches::Several => return Err(search::several_matches(resource_type)),
+        search::Matches::None => {
+            tracing::info!(resource_type = %resource_type, "conditional delete matched nothing");
+            return Ok(delete_response(headers, None, "the criteria match no resource; nothing to delete"));
+        }
+        search::Matches::One(existing) => existing,
+    };
+    let mut tx = match tx {
+        Some(tx) => tx,
+        None => state.store.begin().await?,
+    };
+    let precondition = Precondition::Version(expected.unwrap_or(existing.version_id));
+    let id = existing.id;
+    let deleted = tx.delete(resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    if deleted.is_some() {
+        tx.clear_index(resource_type, &id).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "conditional delete");
+    let text = match &deleted {
+        Some(d) => format!("{resource_type}/{id} deleted as version {}", d.version_id),
+        None => format!("{resource_type}/{id} was not present; nothing to delete"),
+    };
+    Ok(delete_response(headers, deleted.as_ref(), &text))
 }
 
 pub async fn unknown_route() -> FhirError {
     FhirError::not_found("no FHIR interaction is defined at this path")
 }
 
-pub async fn method_not_allowed() -> FhirError {
-    FhirError::method_not_allowed("this interaction is not supported at this path")
+/// The method fallback of every route. `PUT` and `DELETE` on the type endpoint with a query are the conditional
+/// update and delete; they arrive here because the router (`rest/mod.rs`) routes the type endpoint for GET and POST
+/// only. Everything else is 405.
+pub async fn method_not_allowed(
+    State(state): State<FhirState>,
+    method: Method,
+    uri: Uri,
+    path: Result<Path<HashMap<String, String>>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    let refused = || FhirError::method_not_allowed("this interaction is not supported at this path");
+    let Ok(Path(params)) = path else { return Err(refused()) };
+    let query = uri.query().filter(|q| !q.is_empty());
+    let resource_type = params.get("type").filter(|t| params.len() == 1 && uri.path().trim_matches('/') == t.as_str());
+    match (method, resource_type, query) {
+        (Method::PUT, Some(t), Some(q)) => conditional_update(&state, t, q, &headers, body).await,
+        (Method::DELETE, Some(t), Some(q)) => conditional_delete(&state, t, q, &headers).await,
+        _ => Err(refused()),
+    }
 }
 
 /// `meta.lastUpdated` text of a stored version (for history entries).

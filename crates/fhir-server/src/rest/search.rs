@@ -794,3 +794,83 @@ pub fn capability_includes(resource_type: &str) -> (Vec<String>, Vec<String>) {
     }
     (includes, revincludes)
 }
+
+/// What the search of a conditional interaction found.
+#[derive(Debug)]
+pub(crate) enum Matches {
+    None,
+    One(StoredResource),
+    Several,
+}
+
+/// The parameters of a conditional query: `If-None-Exist`, the query of a conditional URL or a conditional reference.
+/// A leading `?` and a `Type?` prefix naming `resource_type` are tolerated, since clients send both forms.
+fn conditional_params(resource_type: &str, query: &str) -> Result<Vec<(String, String)>, FhirError> {
+    let query = match query.split_once('?') {
+        Some(("", rest)) => rest,
+        Some((prefix, rest)) if prefix == resource_type => rest,
+        // A `?` inside a value (`name=a?b`) belongs to the query; only a bare type name before it is a prefix.
+        Some((prefix, _)) if prefix.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            return Err(FhirError::bad_request(
+                IssueType::Invalid,
+                format!("the conditional query must be search parameters for {resource_type}"),
+            ));
+        }
+        _ => query,
+    };
+    form_pairs(query)
+}
+
+/// Evaluates the search criteria of a conditional interaction. Unknown parameters are refused rather than ignored
+/// (as `handling=strict` would): silently dropping a misspelt criterion could widen the match onto the wrong
+/// resource, and a conditional write acts on what it matches. Criteria that select nothing (only `_count`, `_sort`,
+/// …) are refused too, for the same reason.
+pub(crate) async fn conditional_matches(
+    state: &FhirState,
+    resource_type: &str,
+    query: &str,
+) -> Result<Matches, FhirError> {
+    check_type(resource_type)?;
+    let params = conditional_params(resource_type, query)?;
+    let registry = registry()?;
+    let mut plan = plan(registry, state.base(), resource_type, &params, true)?;
+    if plan.query.clauses.is_empty() {
+        return Err(FhirError::bad_request(
+            IssueType::Invalid,
+            "a conditional interaction needs at least one search criterion",
+        ));
+    }
+    // Two rows are enough to tell one match from several.
+    plan.query.count = 2;
+    plan.query.offset = 0;
+    plan.query.total = false;
+    plan.query.sort.clear();
+    let page = state.store.search(&plan.query).await?;
+    let mut found = page.resources;
+    tracing::debug!(resource_type = %resource_type, matches = found.len(), "conditional search");
+    Ok(match found.len() {
+        0 => Matches::None,
+        1 => found.pop().map_or(Matches::None, Matches::One),
+        _ => Matches::Several,
+    })
+}
+
+/// The 412 for a conditional interaction whose criteria match more than one resource.
+pub(crate) fn several_matches(resource_type: &str) -> FhirError {
+    FhirError::precondition_failed(format!(
+        "the conditional criteria match more than one {resource_type}; they must select at most one"
+    ))
+}
+
+/// Whether conditional searches should run after the write transaction has begun.
+///
+/// Search reads on the read pool, never on the write transaction's connection. On SQLite `BEGIN IMMEDIATE` holds the
+/// database's single write lock, so once the transaction has begun no other writer can commit between the search
+/// and the write: the check-then-write is atomic. On PostgreSQL the search connection is separate and reads at
+/// READ COMMITTED, so two conditional creates on different connections can both find nothing and both create; to
+/// close that window the search would need to run on the transaction's connection under a lock on the criteria,
+/// which the store does not offer yet. There, searching before the transaction begins has the same race and does
+/// not hold a pooled connection idle while waiting for a second one, which could starve a small pool under load.
+pub(crate) fn search_after_begin(state: &FhirState) -> bool {
+    state.store.backend() == store::BackendKind::Sqlite
+}
