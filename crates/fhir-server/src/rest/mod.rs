@@ -11,6 +11,7 @@ mod history;
 mod media;
 pub mod patch;
 mod search;
+mod summary;
 pub mod validate;
 
 use axum::Router;

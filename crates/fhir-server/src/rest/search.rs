@@ -465,10 +465,11 @@ fn plan(
                     "false" => {}
                     "data" => plan.summary_text = Some("data"),
                     "text" => plan.summary_text = Some("text"),
+                    "true" => plan.summary_text = Some("true"),
                     _ => {
                         return Err(FhirError::bad_request(
                             IssueType::NotSupported,
-                            "_summary supports count, data, text and false",
+                            "_summary supports true, count, data, text and false",
                         )
                         .at("_summary"));
                     }
@@ -588,6 +589,12 @@ fn shape(content: &str, plan: &Plan) -> Option<Value> {
     let mut subsetted = false;
     if plan.summary_text == Some("data") {
         subsetted |= object.remove("text").is_some();
+    }
+    if plan.summary_text == Some("true") {
+        let resource_type = object.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let before = object.len();
+        object.retain(|k, _| super::summary::keeps(&resource_type, k));
+        subsetted |= object.len() != before;
     }
     if let Some(keep) = keep {
         let before = object.len();
