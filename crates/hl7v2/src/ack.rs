@@ -167,6 +167,12 @@ impl From<&ParseError> for AckError {
     }
 }
 
+/// A header field copied into the ACK as written, minus control characters: an ACK must parse even when the
+/// message it answers did not (a salvaged header can carry NULs or line breaks).
+fn printable(raw: &[u8]) -> Vec<u8> {
+    raw.iter().copied().filter(|b| !b.is_ascii_control()).collect()
+}
+
 /// `(major, minor, patch)` of a version string like `2.5.1`.
 pub fn version_tuple(v: &str) -> (u32, u32, u32) {
     let mut it = v.split('.').map(|p| p.trim().parse::<u32>().unwrap_or(0));
@@ -238,10 +244,10 @@ impl<'h> Ack<'h> {
         let mut b = MessageBuilder::new(d).with_charset(h.charset.unwrap_or(Charset::Utf8));
         {
             let mut msh = b.segment("MSH");
-            msh.field_raw(3, &h.receiving_application_raw)
-                .field_raw(4, &h.receiving_facility_raw)
-                .field_raw(5, &h.sending_application_raw)
-                .field_raw(6, &h.sending_facility_raw)
+            msh.field_raw(3, &printable(&h.receiving_application_raw))
+                .field_raw(4, &printable(&h.receiving_facility_raw))
+                .field_raw(5, &printable(&h.sending_application_raw))
+                .field_raw(6, &printable(&h.sending_facility_raw))
                 .field(7, &self.timestamp);
             // A salvaged header may hold garbage; the ACK itself must always be valid.
             let code_like = |t: &str| t.len() == 3 && t.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());

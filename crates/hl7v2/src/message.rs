@@ -307,9 +307,9 @@ fn validate_msh(seg: &[u8], d: &Delimiters) -> Result<Option<Charset>, ParseErro
             ));
         }
     }
-    let cs = Split::new(get(18), d.repetition).next().unwrap_or_default();
-    Charset::from_hl7(cs).map_err(|()| {
-        msh_err(ErrorCode::TableValueNotFound, 18, 0, format!("character set '{}' is not supported", show(cs)))
+    let cs = un(Split::new(get(18), d.repetition).next().unwrap_or_default());
+    Charset::from_hl7(&cs).map_err(|()| {
+        msh_err(ErrorCode::TableValueNotFound, 18, 0, format!("character set '{}' is not supported", show(&cs)))
     })
 }
 
