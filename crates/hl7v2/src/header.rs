@@ -158,7 +158,7 @@ pub fn salvage_header(raw: &[u8]) -> Header {
     let cs_of = |seg: &[u8], d: &Delimiters| {
         let f = header_fields(seg, d);
         let name = f.get(18).copied().unwrap_or_default();
-        let name = crate::escape::unescape(Split::new(name, d.repetition).next().unwrap_or_default(), &d);
+        let name = crate::escape::unescape(Split::new(name, d.repetition).next().unwrap_or_default(), d);
         Charset::from_hl7(&name).ok().flatten()
     };
     match header_delimiters(seg) {
