@@ -74,7 +74,7 @@ struct Current {
     deleted: bool,
 }
 
-fn row_to_resource<R: Row>(row: &R) -> Result<StoredResource>
+pub(crate) fn row_to_resource<R: Row>(row: &R) -> Result<StoredResource>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,

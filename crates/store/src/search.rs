@@ -7,7 +7,7 @@
 
 use sqlx::Row;
 
-use crate::time::Timestamp;
+use crate::resources::row_to_resource;
 use crate::tx::{StoreTx, with_tx_conn};
 use crate::{Result, Store, StoreError, StoredResource, with_read_pool};
 
@@ -911,24 +911,6 @@ impl Store {
 }
 
 const SELECT_COLUMNS: &str = "r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, r.content";
-
-fn row_to_resource<R: Row>(row: &R) -> Result<StoredResource>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> bool: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(StoredResource {
-        resource_type: row.try_get("resource_type")?,
-        id: row.try_get("id")?,
-        version_id: row.try_get("version_id")?,
-        last_updated: Timestamp(row.try_get("last_updated_us")?),
-        deleted: row.try_get("deleted")?,
-        content: row.try_get("content")?,
-    })
-}
 
 #[cfg(test)]
 mod tests {
