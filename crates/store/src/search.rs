@@ -775,51 +775,82 @@ fn like_escape(s: &str) -> String {
     out
 }
 
-impl Store {
-    /// Runs a type-level search: the current, non-deleted resources matching every clause, one page at a time.
-    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
-        let mut c = Compiler::new();
-        let rt = c.text(&query.resource_type);
-        let driver = driving_clause(&query.clauses);
-        let mut filter = String::new();
-        let mut rest = Vec::with_capacity(query.clauses.len());
-        for (i, clause) in query.clauses.iter().enumerate() {
-            if Some(i) == driver {
-                filter = c.driver(clause, &query.resource_type)? + " AND ";
-            } else {
-                rest.push(clause.clone());
-            }
+/// A search compiled to SQL: the page query and the count query with their bound values.
+struct CompiledSearch {
+    page_sql: Option<String>,
+    binds: Vec<Bind>,
+    count_sql: String,
+    count_binds: Vec<Bind>,
+}
+
+fn compile_search(query: &SearchQuery) -> Result<CompiledSearch> {
+    let mut c = Compiler::new();
+    let rt = c.text(&query.resource_type);
+    let driver = driving_clause(&query.clauses);
+    let mut filter = String::new();
+    let mut rest = Vec::with_capacity(query.clauses.len());
+    for (i, clause) in query.clauses.iter().enumerate() {
+        if Some(i) == driver {
+            filter = c.driver(clause, &query.resource_type)? + " AND ";
+        } else {
+            rest.push(clause.clone());
         }
-        filter += &c.clauses(&rest, "r")?;
-        let base = format!("FROM resources r WHERE r.resource_type = {rt} AND NOT r.deleted AND {filter}");
-        let count_binds = c.binds.clone();
-        let count_sql = format!("SELECT COUNT(*) AS n {base}");
+    }
+    filter += &c.clauses(&rest, "r")?;
+    let base = format!("FROM resources r WHERE r.resource_type = {rt} AND NOT r.deleted AND {filter}");
+    let count_binds = c.binds.clone();
+    let count_sql = format!("SELECT COUNT(*) AS n {base}");
+    let page_sql = (query.count > 0).then(|| {
+        let order = c.order(&query.sort, "r");
+        let limit = c.bind(Bind::Int(i64::from(query.count) + 1));
+        let offset = c.bind(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));
+        format!("SELECT {SELECT_COLUMNS} {base} ORDER BY {order} LIMIT {limit} OFFSET {offset}")
+    });
+    Ok(CompiledSearch { page_sql, binds: c.binds, count_sql, count_binds })
+}
+
+/// Runs a compiled search on any executor (the read pool, or a transaction's connection).
+macro_rules! run_search {
+    ($query:expr, $compiled:expr, $exec:expr) => {{
+        let query: &SearchQuery = $query;
+        let compiled: &CompiledSearch = $compiled;
         let mut resources = Vec::new();
         let mut more = false;
-        if query.count > 0 {
-            let order = c.order(&query.sort, "r");
-            let limit = c.bind(Bind::Int(i64::from(query.count) + 1));
-            let offset = c.bind(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));
-            let sql = format!("SELECT {SELECT_COLUMNS} {base} ORDER BY {order} LIMIT {limit} OFFSET {offset}");
-            let binds = &c.binds;
-            resources = with_read_pool!(self, pool => {
-                let rows = bind_all!(sqlx::query(&sql), binds).fetch_all(pool).await?;
-                rows.iter().map(row_to_resource).collect::<Result<Vec<_>>>()?
-            });
+        if let Some(sql) = &compiled.page_sql {
+            let rows = bind_all!(sqlx::query(sql), &compiled.binds).fetch_all($exec).await?;
+            resources = rows.iter().map(row_to_resource).collect::<Result<Vec<_>>>()?;
             if resources.len() > query.count as usize {
                 resources.truncate(query.count as usize);
                 more = true;
             }
         }
         let total = if query.total {
-            let n: i64 = with_read_pool!(self, pool => {
-                bind_all!(sqlx::query(&count_sql), &count_binds).fetch_one(pool).await?.try_get("n")?
-            });
+            let n: i64 = bind_all!(sqlx::query(&compiled.count_sql), &compiled.count_binds)
+                .fetch_one($exec)
+                .await?
+                .try_get("n")?;
             Some(n)
         } else {
             None
         };
-        Ok(SearchPage { resources, total, more })
+        Ok::<SearchPage, StoreError>(SearchPage { resources, total, more })
+    }};
+}
+
+impl StoreTx {
+    /// Searches inside this transaction: sees its own writes, and needs no second connection (check-then-write
+    /// work such as conditional creates runs its query here).
+    pub async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
+        let compiled = compile_search(query)?;
+        with_tx_conn!(self, conn => run_search!(query, &compiled, &mut *conn))
+    }
+}
+
+impl Store {
+    /// Runs a type-level search: the current, non-deleted resources matching every clause, one page at a time.
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
+        let compiled = compile_search(query)?;
+        with_read_pool!(self, pool => run_search!(query, &compiled, pool))
     }
 
     /// `_include`: the live resources that the reference `param` of the given `source_type` resources points at,

@@ -47,6 +47,26 @@ impl StoreTx {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// Serializes this transaction with every other one that names the same key, until commit or rollback.
+    /// Check-then-write work (conditional creates) uses it so two replicas cannot both find nothing and both
+    /// create. PostgreSQL takes a transaction-scoped advisory lock; SQLite's single writer is already exclusive.
+    pub async fn serialize_on(&mut self, key: &str) -> Result<()> {
+        if let TxInner::Postgres(tx) = &mut self.inner {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(fnv1a(key)).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A stable 64-bit hash (FNV-1a): every replica must map a key to the same lock.
+fn fnv1a(key: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
 }
 
 /// Runs `$body` with `$conn` bound to the transaction's connection, whichever the backend.

@@ -57,6 +57,13 @@ struct Planned {
     resolved: Resolved,
 }
 
+impl Planned {
+    /// Whether resolving this entry searches: conditional criteria, or conditional references in its resource.
+    fn is_conditional(&self) -> bool {
+        self.condition.is_some() || self.resource.as_ref().is_some_and(|r| !conditional_references(r).is_empty())
+    }
+}
+
 /// The effect of an entry's conditional criteria on what it does.
 #[derive(Debug, Clone, Default)]
 enum Resolved {
@@ -136,13 +143,17 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
         let plan = plan_entry(index, entry).map_err(|e| e.at(format!("Bundle.entry[{index}]")))?;
         planned.push(plan);
     }
-    // On SQLite the write lock is taken before the conditional searches, so nothing can commit between a search
-    // and the writes that depend on it (see `search::search_after_begin` for PostgreSQL's remaining race).
-    let mut early_tx = if search::search_after_begin(state) { Some(state.store.begin().await?) } else { None };
+    // With conditional content, the transaction begins (serialized with every conditional write) before the
+    // searches, so nothing can commit between a search and the writes that depend on it.
+    let mut early_tx = if planned.iter().any(Planned::is_conditional) {
+        Some(search::begin_conditional_tx(state).await?)
+    } else {
+        None
+    };
     let mut conditional_creates: HashMap<String, String> = HashMap::new();
     for plan in &mut planned {
         let index = plan.index;
-        resolve_condition(state, plan).await.map_err(|e| e.at(format!("Bundle.entry[{index}]")))?;
+        resolve_condition(state, early_tx.as_mut(), plan).await.map_err(|e| e.at(format!("Bundle.entry[{index}]")))?;
         if plan.method == Method::Post
             && let Some(query) = &plan.condition
         {
@@ -177,7 +188,7 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
             // that entry's resource, which the committed-data search cannot see yet.
             let target = match conditional_creates.get(&reference) {
                 Some(target) => target.clone(),
-                None => resolve_reference(state, &reference)
+                None => resolve_reference(state, conditional_tx(early_tx.as_mut())?, &reference)
                     .await
                     .map_err(|e| e.at(format!("Bundle.entry[{}]", plan.index)))?,
             };
@@ -245,12 +256,12 @@ async fn batch(state: &FhirState, entries: &[Value]) -> Response {
 /// One batch entry in its own transaction: conditional criteria and conditional references resolved, then run.
 async fn batch_entry(state: &FhirState, index: usize, entry: &Value) -> Result<Outcome, FhirError> {
     let mut plan = plan_entry(index, entry)?;
-    let early_tx = if search::search_after_begin(state) { Some(state.store.begin().await?) } else { None };
-    resolve_condition(state, &mut plan).await?;
+    let mut early_tx = if plan.is_conditional() { Some(search::begin_conditional_tx(state).await?) } else { None };
+    resolve_condition(state, early_tx.as_mut(), &mut plan).await?;
     if let Some(resource) = plan.resource.as_mut() {
         let mut references = HashMap::new();
         for reference in conditional_references(resource) {
-            let target = resolve_reference(state, &reference).await?;
+            let target = resolve_reference(state, conditional_tx(early_tx.as_mut())?, &reference).await?;
             references.insert(reference, target);
         }
         rewrite_references(resource, &references);
@@ -268,10 +279,21 @@ async fn batch_entry(state: &FhirState, index: usize, entry: &Value) -> Result<O
     }
 }
 
+/// The transaction a conditional search runs in; entries with conditional content always begin one first.
+fn conditional_tx(tx: Option<&mut StoreTx>) -> Result<&mut StoreTx, FhirError> {
+    tx.ok_or_else(|| {
+        FhirError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            IssueType::Exception,
+            "a conditional entry was resolved outside its transaction",
+        )
+    })
+}
+
 /// Runs an entry's conditional search and fixes its target id and what executing it will do (R4 http.html#trules).
-async fn resolve_condition(state: &FhirState, plan: &mut Planned) -> Result<(), FhirError> {
+async fn resolve_condition(state: &FhirState, tx: Option<&mut StoreTx>, plan: &mut Planned) -> Result<(), FhirError> {
     let Some(query) = plan.condition.clone() else { return Ok(()) };
-    let matches = search::conditional_matches(state, &plan.resource_type, &query).await?;
+    let matches = search::conditional_matches(state, conditional_tx(tx)?, &plan.resource_type, &query).await?;
     let body_id = plan.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
     plan.resolved = match (plan.method, matches) {
         (_, search::Matches::Several) => return Err(search::several_matches(&plan.resource_type)),
@@ -359,10 +381,10 @@ fn conditional_references(resource: &Value) -> Vec<String> {
 
 /// Resolves a conditional reference to `Type/id`; it must match exactly one resource. Diagnostics name the type
 /// only: the criteria often carry identifiers.
-async fn resolve_reference(state: &FhirState, reference: &str) -> Result<String, FhirError> {
+async fn resolve_reference(state: &FhirState, tx: &mut StoreTx, reference: &str) -> Result<String, FhirError> {
     let (resource_type, query) = reference.split_once('?').unwrap_or((reference, ""));
     check_type(resource_type)?;
-    match search::conditional_matches(state, resource_type, query).await? {
+    match search::conditional_matches(state, tx, resource_type, query).await? {
         search::Matches::One(found) => Ok(format!("{}/{}", found.resource_type, found.id)),
         search::Matches::None => Err(FhirError::precondition_failed(format!(
             "a conditional reference to {resource_type} matches no resource; it must match exactly one"

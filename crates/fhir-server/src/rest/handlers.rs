@@ -239,16 +239,16 @@ pub async fn create(
     Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
 }
 
-/// Runs the search of a conditional interaction and, where that makes the check-then-write atomic (SQLite, see
-/// [`search::search_after_begin`]), begins the write transaction first and hands it back.
+/// Begins the write transaction of a conditional interaction, serialized with every other conditional write
+/// ([`search::begin_conditional_tx`]), then runs its search, so the check and the write are atomic.
 async fn begin_conditional(
     state: &FhirState,
     resource_type: &str,
     query: &str,
 ) -> Result<(Option<StoreTx>, search::Matches), FhirError> {
-    let tx = if search::search_after_begin(state) { Some(state.store.begin().await?) } else { None };
-    let matches = search::conditional_matches(state, resource_type, query).await?;
-    Ok((tx, matches))
+    let mut tx = search::begin_conditional_tx(state).await?;
+    let matches = search::conditional_matches(state, &mut tx, resource_type, query).await?;
+    Ok((Some(tx), matches))
 }
 
 /// 200 with the resource a conditional create found: nothing was written (R4 http.html#ccreate).

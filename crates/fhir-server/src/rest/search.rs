@@ -834,6 +834,7 @@ fn conditional_params(resource_type: &str, query: &str) -> Result<Vec<(String, S
 /// …) are refused too, for the same reason.
 pub(crate) async fn conditional_matches(
     state: &FhirState,
+    tx: &mut store::StoreTx,
     resource_type: &str,
     query: &str,
 ) -> Result<Matches, FhirError> {
@@ -852,7 +853,9 @@ pub(crate) async fn conditional_matches(
     plan.query.offset = 0;
     plan.query.total = false;
     plan.query.sort.clear();
-    let page = state.store.search(&plan.query).await?;
+    // On the write transaction's own connection: it sees the transaction's writes, and a request waiting for the
+    // conditional-write lock never needs a second pooled connection.
+    let page = tx.search(&plan.query).await?;
     let mut found = page.resources;
     tracing::debug!(resource_type = %resource_type, matches = found.len(), "conditional search");
     Ok(match found.len() {
@@ -869,15 +872,15 @@ pub(crate) fn several_matches(resource_type: &str) -> FhirError {
     ))
 }
 
-/// Whether conditional searches should run after the write transaction has begun.
-///
-/// Search reads on the read pool, never on the write transaction's connection. On SQLite `BEGIN IMMEDIATE` holds the
-/// database's single write lock, so once the transaction has begun no other writer can commit between the search
-/// and the write: the check-then-write is atomic. On PostgreSQL the search connection is separate and reads at
-/// READ COMMITTED, so two conditional creates on different connections can both find nothing and both create; to
-/// close that window the search would need to run on the transaction's connection under a lock on the criteria,
-/// which the store does not offer yet. There, searching before the transaction begins has the same race and does
-/// not hold a pooled connection idle while waiting for a second one, which could starve a small pool under load.
-pub(crate) fn search_after_begin(state: &FhirState) -> bool {
-    state.store.backend() == store::BackendKind::Sqlite
+/// Key every conditional write serializes on (see [`begin_conditional_tx`]).
+pub(crate) const CONDITIONAL_LOCK: &str = "sdoh-gateway:conditional-writes";
+
+/// Begins the write transaction of a conditional interaction before its search, serialized with every other
+/// conditional write: on SQLite by the single writer, on PostgreSQL by a transaction-scoped advisory lock shared by
+/// all replicas. Searches read committed data, so without this two simultaneous conditional creates could both
+/// find nothing and both create. Plain writes are not affected.
+pub(crate) async fn begin_conditional_tx(state: &FhirState) -> Result<store::StoreTx, FhirError> {
+    let mut tx = state.store.begin().await?;
+    tx.serialize_on(CONDITIONAL_LOCK).await?;
+    Ok(tx)
 }
