@@ -134,7 +134,8 @@ impl Conn {
 
     async fn exchange(&mut self) -> anyhow::Result<Response> {
         if self.stream.is_none() {
-            let tcp = TcpStream::connect(&self.base.addr).await.with_context(|| format!("connect {}", self.base.addr))?;
+            let tcp =
+                TcpStream::connect(&self.base.addr).await.with_context(|| format!("connect {}", self.base.addr))?;
             tcp.set_nodelay(true)?;
             self.stream = Some(BufReader::with_capacity(64 * 1024, tcp));
         }
@@ -234,8 +235,12 @@ impl Rng {
 
 const GIVEN: &[&str] = &["Maria", "James", "Aisha", "Wei", "Olga", "Diego", "Fatima", "John", "Priya", "Samuel"];
 const FAMILY: &[&str] = &["Garcia", "Smith", "Okafor", "Chen", "Ivanova", "Lopez", "Haddad", "Brown", "Patel", "Kim"];
-const CITY: &[(&str, &str, &str)] =
-    &[("Springfield", "IL", "62701"), ("Columbus", "OH", "43004"), ("Tucson", "AZ", "85701"), ("Albany", "NY", "12207")];
+const CITY: &[(&str, &str, &str)] = &[
+    ("Springfield", "IL", "62701"),
+    ("Columbus", "OH", "43004"),
+    ("Tucson", "AZ", "85701"),
+    ("Albany", "NY", "12207"),
+];
 /// Hunger Vital Sign answers (LOINC answer list LL2812-4).
 const ANSWERS: &[(&str, &str)] =
     &[("LA28397-0", "Often true"), ("LA6729-3", "Sometimes true"), ("LA28398-8", "Never true")];
@@ -247,12 +252,13 @@ const QUESTIONS: &[(&str, &str)] = &[
 
 fn patient(rng: &mut Rng, n: u64) -> Value {
     let (city, state, zip) = CITY[rng.below(CITY.len())];
+    let gender = ["female", "male", "other", "unknown"][rng.below(4)];
     json!({
         "resourceType": "Patient",
         "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.1234.5.1", "value": format!("MRN{:09}", n)}],
         "active": true,
         "name": [{"use": "official", "family": rng.pick(FAMILY), "given": [rng.pick(GIVEN)]}],
-        "gender": ["female", "male", "other", "unknown"][rng.below(4)],
+        "gender": gender,
         "birthDate": format!("{}-{:02}-{:02}", 1940 + rng.below(70), 1 + rng.below(12), 1 + rng.below(28)),
         "address": [{"use": "home", "line": [format!("{} Main St", 1 + rng.below(9000))],
             "city": city, "state": state, "postalCode": zip, "country": "US"}],
@@ -262,7 +268,8 @@ fn patient(rng: &mut Rng, n: u64) -> Value {
 fn observation(rng: &mut Rng, subject: &str) -> Value {
     let (code, question) = QUESTIONS[rng.below(QUESTIONS.len())];
     let (answer, display) = ANSWERS[rng.below(ANSWERS.len())];
-    let when = format!("2025-{:02}-{:02}T{:02}:{:02}:00Z", 1 + rng.below(12), 1 + rng.below(28), rng.below(24), rng.below(60));
+    let when =
+        format!("2025-{:02}-{:02}T{:02}:{:02}:00Z", 1 + rng.below(12), 1 + rng.below(28), rng.below(24), rng.below(60));
     json!({
         "resourceType": "Observation",
         "meta": {"profile": ["http://hl7.org/fhir/us/sdoh-clinicalcare/StructureDefinition/SDOHCC-ObservationScreeningResponse"]},
@@ -374,10 +381,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         ("POST", String::new())
                     }
                     Scenario::Read => ("GET", format!("/{}", targets[rng.below(targets.len())])),
-                    Scenario::Search => (
-                        "GET",
-                        format!("/Observation?subject={}&category=survey", targets[rng.below(targets.len())]),
-                    ),
+                    Scenario::Search => {
+                        ("GET", format!("/Observation?subject={}&category=survey", targets[rng.below(targets.len())]))
+                    }
                 };
                 let sent = Instant::now();
                 let answer = conn.send(method, &path, (method == "POST").then_some(&body[..])).await;
@@ -469,7 +475,8 @@ async fn create_working_set(conn: &mut Conn, rng: &mut Rng, size: usize) -> anyh
         if r.status != 201 {
             bail!("creating the working set: {path} answered {}", r.status);
         }
-        let reference = r.location.as_deref().and_then(reference_of).ok_or_else(|| anyhow!("create without Location"))?;
+        let reference =
+            r.location.as_deref().and_then(reference_of).ok_or_else(|| anyhow!("create without Location"))?;
         if path == "/Patient" {
             subject = reference.clone();
         }
@@ -539,7 +546,8 @@ fn report(args: &Args, tally: &mut Tally, elapsed: Duration, setup_s: f64, targe
         Scenario::Create => report["resources_created"] = json!(tally.results),
         Scenario::Search => {
             report["patients_sampled"] = json!(targets);
-            report["mean_matches_per_search"] = json!((tally.results as f64 / ok.max(1) as f64 * 100.0).round() / 100.0);
+            report["mean_matches_per_search"] =
+                json!((tally.results as f64 / ok.max(1) as f64 * 100.0).round() / 100.0);
         }
         Scenario::Read => report["working_set"] = json!(targets),
     }
