@@ -38,6 +38,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn(refresh_statistics(store.clone(), shutdown.clone()));
 
     let mut mllp_addr = None;
     let mut commit_tasks = None;
@@ -140,6 +141,22 @@ fn listener_config(config: &GatewayConfig) -> mllp::ListenerConfig {
             client_ca_pem: t.client_ca_file.clone(),
         }),
         ..mllp::ListenerConfig::default()
+    }
+}
+
+/// Keeps the planner's statistics current as data grows: soon after start, then every ten minutes.
+async fn refresh_statistics(store: store::Store, shutdown: CancellationToken) {
+    let mut every =
+        tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(30), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                if let Err(e) = store.refresh_statistics().await {
+                    tracing::warn!(error = %e, "refreshing planner statistics failed");
+                }
+            }
+        }
     }
 }
 

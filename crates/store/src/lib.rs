@@ -185,6 +185,16 @@ impl Store {
         }
     }
 
+    /// Refreshes the query planner's statistics. Without them SQLite plans a search's `EXISTS` probes on the
+    /// low-selectivity index (e.g. every `category=survey` row) and a search costs O(stored resources). Bounded by
+    /// `analysis_limit`, so it takes milliseconds; PostgreSQL's autovacuum keeps its own statistics.
+    pub async fn refresh_statistics(&self) -> Result<()> {
+        if let Pools::Sqlite { write, .. } = &self.inner.pools {
+            sqlx::raw_sql("PRAGMA analysis_limit = 1000; ANALYZE;").execute(write).await?;
+        }
+        Ok(())
+    }
+
     /// Closes every connection after in-flight queries finish.
     pub async fn close(&self) {
         match &self.inner.pools {

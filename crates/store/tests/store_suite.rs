@@ -37,6 +37,7 @@ fn content(stored: &store::StoredResource) -> Value {
 
 async fn create_read_update_and_versions(db: TestDb) {
     let store = db.store().await;
+    store.refresh_statistics().await.expect("statistics refresh runs on an empty database");
     let mut tx = store.begin().await.unwrap();
     let first = tx.put(patient("p1", "Alpha"), Precondition::MustNotExist).await.unwrap();
     tx.commit().await.unwrap();
