@@ -192,6 +192,12 @@ impl StoreTx {
     /// an empty `rows` (or [`StoreTx::clear_index`]) leaves the resource unfindable by any indexed parameter.
     pub async fn replace_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
         self.clear_index(resource_type, id).await?;
+        self.insert_index(resource_type, id, rows).await
+    }
+
+    /// Adds the index rows of a resource that has none yet (just created, or re-created after a delete cleared
+    /// them): a create skips the per-table deletes of [`StoreTx::replace_index`].
+    pub async fn insert_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
         for table in IndexTable::ALL {
             let of_table: Vec<&IndexRow> = rows.iter().filter(|r| r.value.table() == table).collect();
             for chunk in of_table.chunks(INSERT_CHUNK) {

@@ -554,7 +554,7 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                 let resource = plan.resource.clone().unwrap_or_default();
                 let rows = search::index_rows(&resource);
                 let written = tx.put(resource, Precondition::MustNotExist).await?;
-                tx.replace_index(&plan.resource_type, &plan.id, &rows).await?;
+                tx.insert_index(&plan.resource_type, &plan.id, &rows).await?;
                 Ok(Outcome::Written { stored: written.resource, created: true })
             }
             Method::Put => {
@@ -582,7 +582,12 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                 let resource = plan.resource.clone().unwrap_or_default();
                 let rows = search::index_rows(&resource);
                 let written = tx.put(resource, precondition).await.map_err(|e| version_error(e, plan.if_match))?;
-                tx.replace_index(&plan.resource_type, &plan.id, &rows).await?;
+                // A resource with no live version before has no index rows (a delete clears them).
+                if written.created {
+                    tx.insert_index(&plan.resource_type, &plan.id, &rows).await?;
+                } else {
+                    tx.replace_index(&plan.resource_type, &plan.id, &rows).await?;
+                }
                 Ok(Outcome::Written { stored: written.resource, created: written.created })
             }
             Method::Patch => {

@@ -233,7 +233,7 @@ pub async fn create(
         None => state.store.begin().await?,
     };
     let written = tx.put(resource, Precondition::MustNotExist).await?;
-    tx.replace_index(&resource_type, &id, &rows).await?;
+    tx.insert_index(&resource_type, &id, &rows).await?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "created");
     Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
