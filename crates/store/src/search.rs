@@ -196,10 +196,26 @@ impl StoreTx {
     }
 
     /// Adds the index rows of a resource that has none yet (just created, or re-created after a delete cleared
-    /// them): a create skips the per-table deletes of [`StoreTx::replace_index`].
+    /// them): a create skips the per-table deletes of [`StoreTx::replace_index`]. The rows are buffered and written
+    /// with one multi-row statement per table for the whole transaction (before a search in it, and at commit), so
+    /// a 100-entry transaction costs a handful of index statements instead of hundreds.
     pub async fn insert_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
+        self.pending_index.extend(rows.iter().map(|r| (resource_type.to_owned(), id.to_owned(), r.clone())));
+        if self.pending_index.len() >= 4 * INSERT_CHUNK {
+            self.flush_index().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered index rows.
+    pub(crate) async fn flush_index(&mut self) -> Result<()> {
+        if self.pending_index.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending_index);
         for table in IndexTable::ALL {
-            let of_table: Vec<&IndexRow> = rows.iter().filter(|r| r.value.table() == table).collect();
+            let of_table: Vec<&(String, String, IndexRow)> =
+                pending.iter().filter(|(_, _, r)| r.value.table() == table).collect();
             for chunk in of_table.chunks(INSERT_CHUNK) {
                 let columns = table.value_columns();
                 let width = 5 + columns.len();
@@ -209,16 +225,13 @@ impl StoreTx {
                     columns.join(", ")
                 );
                 let mut binds = Vec::with_capacity(chunk.len() * width);
-                for (i, row) in chunk.iter().enumerate() {
+                for (i, (resource_type, id, row)) in chunk.iter().enumerate() {
                     if i > 0 {
                         sql.push_str(", ");
                     }
-                    let placeholders: Vec<String> = (1..=width).map(|k| format!("${}", i * width + k)).collect();
-                    sql.push('(');
-                    sql.push_str(&placeholders.join(", "));
-                    sql.push(')');
-                    binds.push(Bind::Text(resource_type.to_owned()));
-                    binds.push(Bind::Text(id.to_owned()));
+                    sql.push_str(&crate::tx::placeholders(self, i * width + 1, width));
+                    binds.push(Bind::Text(resource_type.clone()));
+                    binds.push(Bind::Text(id.clone()));
                     binds.push(Bind::Text(row.param.clone()));
                     binds.push(Bind::Small(row.group));
                     binds.push(Bind::Small(row.component));
@@ -234,6 +247,7 @@ impl StoreTx {
 
     /// Removes every index row of `resource_type/id` (on delete).
     pub async fn clear_index(&mut self, resource_type: &str, id: &str) -> Result<()> {
+        self.pending_index.retain(|(t, i, _)| !(t == resource_type && i == id));
         for table in IndexTable::ALL {
             let sql = format!("DELETE FROM {} WHERE resource_type = $1 AND id = $2", table.name());
             with_tx_conn!(self, conn => {
@@ -847,6 +861,7 @@ impl StoreTx {
     /// Searches inside this transaction: sees its own writes, and needs no second connection (check-then-write
     /// work such as conditional creates runs its query here).
     pub async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
+        self.flush_index().await?;
         let compiled = compile_search(query)?;
         with_tx_conn!(self, conn => run_search!(query, &compiled, &mut *conn))
     }

@@ -12,6 +12,8 @@ pub struct StoreTx {
     pub(crate) store: Store,
     pub(crate) inner: TxInner,
     pub(crate) enqueued_jobs: bool,
+    /// Search index rows waiting to be written in bulk (see `StoreTx::insert_index`).
+    pub(crate) pending_index: Vec<(String, String, crate::IndexRow)>,
 }
 
 impl StoreTx {
@@ -21,11 +23,12 @@ impl StoreTx {
             Pools::Sqlite { write, .. } => TxInner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
             Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
         };
-        Ok(StoreTx { store: store.clone(), inner, enqueued_jobs: false })
+        Ok(StoreTx { store: store.clone(), inner, enqueued_jobs: false, pending_index: Vec::new() })
     }
 
     /// Makes every write durable (per the backend's durability settings) and wakes local workers for new jobs.
-    pub async fn commit(self) -> Result<()> {
+    pub async fn commit(mut self) -> Result<()> {
+        self.flush_index().await?;
         match self.inner {
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Postgres(tx) => tx.commit().await?,
@@ -57,6 +60,17 @@ impl StoreTx {
         }
         Ok(())
     }
+}
+
+/// A row of `width` bind placeholders for multi-row INSERTs, numbered from `first`. SQLite gets anonymous `?`:
+/// binding a numbered parameter makes SQLite scan its parameter list by name, which is quadratic over the
+/// thousands of parameters of a bulk insert; PostgreSQL needs `$n`.
+pub(crate) fn placeholders(tx: &StoreTx, first: usize, width: usize) -> String {
+    let marks: Vec<String> = match tx.inner {
+        TxInner::Sqlite(_) => vec!["?".to_owned(); width],
+        TxInner::Postgres(_) => (first..first + width).map(|n| format!("${n}")).collect(),
+    };
+    format!("({})", marks.join(", "))
 }
 
 /// A stable 64-bit hash (FNV-1a): every replica must map a key to the same lock.
