@@ -37,7 +37,7 @@ TYPES = {
     "Patient", "Practitioner", "PractitionerRole", "Organization", "Location", "HealthcareService",
     "Encounter", "Observation", "Condition", "Questionnaire", "QuestionnaireResponse", "ServiceRequest",
     "Task", "Goal", "Procedure", "Consent", "Group", "Coverage", "RelatedPerson", "Provenance",
-    "AuditEvent", "DocumentReference", "Subscription", "Resource", "DomainResource",
+    "AuditEvent", "DocumentReference", "Subscription", "DiagnosticReport", "Resource", "DomainResource",
 }
 # Only what indexing and query parsing need; narrative, contacts and dates of the definitions are dropped.
 FIELDS = [

@@ -26,32 +26,7 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
 /// The resource types that can be created, read and changed through the type endpoints. `Bundle` is deliberately
 /// absent: Bundles are processed (transactions, batches), not stored as such.
-pub const SUPPORTED_TYPES: &[&str] = &[
-    "Patient",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "Location",
-    "HealthcareService",
-    "Encounter",
-    "Observation",
-    "Condition",
-    "Questionnaire",
-    "QuestionnaireResponse",
-    "ServiceRequest",
-    "Task",
-    "Goal",
-    "Procedure",
-    "Consent",
-    "Group",
-    "Coverage",
-    "RelatedPerson",
-    "Provenance",
-    "AuditEvent",
-    "DocumentReference",
-    "Subscription",
-    "DiagnosticReport",
-];
+pub const SUPPORTED_TYPES: &[&str] = crate::search::GATEWAY_RESOURCE_TYPES;
 
 /// What the FHIR endpoints need: the store, how the server is addressed from outside, and the limits.
 #[derive(Debug, Clone)]

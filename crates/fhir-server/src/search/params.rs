@@ -39,6 +39,7 @@ pub const GATEWAY_RESOURCE_TYPES: &[&str] = &[
     "AuditEvent",
     "DocumentReference",
     "Subscription",
+    "DiagnosticReport",
 ];
 
 /// Common parameters whose definitions carry no expression: they are answered by the server itself (full-text
