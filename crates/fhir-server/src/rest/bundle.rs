@@ -552,9 +552,7 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
         match plan.method {
             Method::Post => {
                 let resource = plan.resource.clone().unwrap_or_default();
-                let rows = search::index_rows(&resource);
-                let written = tx.put(resource, Precondition::MustNotExist).await?;
-                tx.insert_index(&plan.resource_type, &plan.id, &rows).await?;
+                let written = search::put_indexed(tx, resource, Precondition::MustNotExist).await?;
                 Ok(Outcome::Written { stored: written.resource, created: true })
             }
             Method::Put => {
@@ -580,14 +578,7 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     ));
                 }
                 let resource = plan.resource.clone().unwrap_or_default();
-                let rows = search::index_rows(&resource);
-                let written = tx.put(resource, precondition).await.map_err(|e| version_error(e, plan.if_match))?;
-                // A resource with no live version before has no index rows (a delete clears them).
-                if written.created {
-                    tx.insert_index(&plan.resource_type, &plan.id, &rows).await?;
-                } else {
-                    tx.replace_index(&plan.resource_type, &plan.id, &rows).await?;
-                }
+                let written = search::put_indexed(tx, resource, precondition).await.map_err(|e| version_error(e, plan.if_match))?;
                 Ok(Outcome::Written { stored: written.resource, created: written.created })
             }
             Method::Patch => {
@@ -610,13 +601,9 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     return Err(FhirError::unprocessable(IssueType::Invalid, "a patch may not change the resource id"));
                 }
                 let expected = plan.if_match.unwrap_or(current.version_id);
-                let rows = search::index_rows(&patched);
-                let written = tx
-                    .put(patched, Precondition::Version(expected))
+                let written = search::put_indexed(tx, patched, Precondition::Version(expected))
                     .await
                     .map_err(|e| version_error(e, plan.if_match))?;
-                // Without this a patched value would stay unsearchable (and conditional criteria would miss it).
-                tx.replace_index(&plan.resource_type, &plan.id, &rows).await?;
                 Ok(Outcome::Written { stored: written.resource, created: false })
             }
             Method::Delete => {

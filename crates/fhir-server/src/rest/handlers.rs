@@ -227,13 +227,11 @@ pub async fn create(
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
-    let rows = search::index_rows(&resource);
     let mut tx = match tx {
         Some(tx) => tx,
         None => state.store.begin().await?,
     };
-    let written = tx.put(resource, Precondition::MustNotExist).await?;
-    tx.insert_index(&resource_type, &id, &rows).await?;
+    let written = search::put_indexed(&mut tx, resource, Precondition::MustNotExist).await?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "created");
     Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
@@ -325,9 +323,8 @@ pub async fn update(
         (None, Some(c)) => Precondition::Version(c.version_id),
         (None, None) => Precondition::MustNotExist,
     };
-    let rows = search::index_rows(&resource);
-    let written = tx.put(resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
-    tx.replace_index(&resource_type, &id, &rows).await?;
+    let written =
+        search::put_indexed(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -371,10 +368,9 @@ pub async fn patch(
         e.diagnostics = format!("the patched resource is not valid: {}", e.diagnostics);
         e
     })?;
-    let rows = search::index_rows(&patched);
-    let written =
-        tx.put(patched, Precondition::Version(current.version_id)).await.map_err(|e| conflict_status(e, expected))?;
-    tx.replace_index(&resource_type, &id, &rows).await?;
+    let written = search::put_indexed(&mut tx, patched, Precondition::Version(current.version_id))
+        .await
+        .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "patched");
     Ok(write_response(&state, &headers, &written, StatusCode::OK))
@@ -487,9 +483,8 @@ async fn conditional_update(
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
-    let rows = search::index_rows(&resource);
-    let written = tx.put(resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
-    tx.replace_index(resource_type, &id, &rows).await?;
+    let written =
+        search::put_indexed(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "conditionally updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
