@@ -15,12 +15,19 @@ fn patient() -> Value {
     })
 }
 
-fn is_uuid_v4(id: &str) -> bool {
+/// A UUID version 7 (RFC 9562) whose timestamp is within a minute of now: server ids sort by creation time.
+fn is_recent_uuid_v7(id: &str) -> bool {
     let parts: Vec<&str> = id.split('-').collect();
-    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+    let well_formed = parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
         && id.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && parts[2].starts_with('4')
-        && matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b')
+        && parts[2].starts_with('7')
+        && matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b');
+    if !well_formed {
+        return false;
+    }
+    let millis = u64::from_str_radix(&format!("{}{}", parts[0], parts[1]), 16).unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    now.abs_diff(millis) < 60_000
 }
 
 async fn capability_statement_tells_the_truth(db: TestDb) {
@@ -68,7 +75,7 @@ async fn create_then_read(db: TestDb) {
     let reply = app.create(&body).await;
     assert_eq!(reply.status, 201, "{}", reply.json);
     let id = reply.json["id"].as_str().expect("id").to_owned();
-    assert!(is_uuid_v4(&id), "server-assigned UUID v4, got {id}");
+    assert!(is_recent_uuid_v7(&id), "server-assigned UUID v7, got {id}");
     assert_eq!(reply.header("location"), Some(format!("{BASE}/Patient/{id}/_history/1").as_str()));
     assert_eq!(reply.header("etag"), Some("W/\"1\""));
     assert!(reply.header("last-modified").is_some_and(|d| d.ends_with(" GMT")));
@@ -195,6 +202,35 @@ async fn concurrent_updates_with_if_match_have_one_winner(db: TestDb) {
     statuses.sort();
     assert_eq!(statuses, [200, 412, 412, 412, 412, 412]);
     assert_eq!(app.get(&format!("/fhir/Patient/{id}")).await.header("etag"), Some("W/\"2\""));
+}
+
+/// Concurrent creates share transactions (group commit); each must still be answered with its own resource and be
+/// readable and searchable once answered.
+async fn concurrent_creates_are_each_committed_and_indexed(db: TestDb) {
+    let app = std::sync::Arc::new(db.app().await);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut body = patient();
+            body["name"][0]["family"] = json!(format!("Concurrent{i}"));
+            let reply = app.create(&body).await;
+            assert_eq!(reply.status, 201, "{}", reply.json);
+            assert_eq!(reply.json["name"][0]["family"], format!("Concurrent{i}"));
+            (i, reply.json["id"].as_str().expect("id").to_owned())
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        let (i, id) = task.await.expect("task");
+        assert!(ids.insert(id.clone()), "id {id} given twice");
+        let read = app.get(&format!("/fhir/Patient/{id}")).await;
+        assert_eq!(read.status, 200);
+        assert_eq!(read.json["name"][0]["family"], format!("Concurrent{i}"));
+        let found = app.get(&format!("/fhir/Patient?family:exact=Concurrent{i}")).await;
+        assert_eq!(found.json["total"], 1, "{}", found.json);
+        assert_eq!(found.json["entry"][0]["resource"]["id"], id.as_str());
+    }
 }
 
 async fn conditional_reads(db: TestDb) {
@@ -517,6 +553,7 @@ for_each_backend!(
     vread_versions,
     update_rules,
     concurrent_updates_with_if_match_have_one_winner,
+    concurrent_creates_are_each_committed_and_indexed,
     conditional_reads,
     delete_is_logical,
     json_patch,

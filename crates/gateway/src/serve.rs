@@ -39,6 +39,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     tokio::spawn(refresh_statistics(store.clone(), shutdown.clone()));
+    tokio::spawn(checkpoint(store.clone(), shutdown.clone()));
 
     let mut mllp_addr = None;
     let mut commit_tasks = None;
@@ -56,12 +57,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         commit_tasks = Some(tasks);
     }
 
-    let fhir = fhir_server::FhirState {
-        store: store.clone(),
-        base_url: config.fhir_base_url(http_addr),
-        allow_update_create: config.fhir.allow_update_create,
-        max_body_bytes: config.http.max_body_bytes,
-    };
+    let mut fhir = fhir_server::FhirState::new(store.clone(), config.fhir_base_url(http_addr));
+    fhir.allow_update_create = config.fhir.allow_update_create;
+    fhir.max_body_bytes = config.http.max_body_bytes;
     let app = router(
         AppState { store: store.clone(), max_attempts: config.workers.max_attempts },
         fhir,
@@ -154,6 +152,25 @@ async fn refresh_statistics(store: store::Store, shutdown: CancellationToken) {
             _ = every.tick() => {
                 if let Err(e) = store.refresh_statistics().await {
                     tracing::warn!(error = %e, "refreshing planner statistics failed");
+                }
+            }
+        }
+    }
+}
+
+/// Checkpoints SQLite's write-ahead log every second, off the write path (see `Store::checkpoint`).
+async fn checkpoint(store: store::Store, shutdown: CancellationToken) {
+    if store.backend() != store::BackendKind::Sqlite {
+        return;
+    }
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                if let Err(e) = store.checkpoint().await {
+                    tracing::debug!(error = %e, "WAL checkpoint skipped");
                 }
             }
         }

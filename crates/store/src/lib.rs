@@ -195,6 +195,17 @@ impl Store {
         Ok(())
     }
 
+    /// Copies committed WAL pages back into the SQLite database file, on a reader connection. Run periodically,
+    /// this keeps checkpoints (page copies and an fsync of the database file) off the writer: otherwise the commit
+    /// that crosses the WAL's size threshold does the checkpoint while every other writer waits. PASSIVE never
+    /// blocks readers or the writer. PostgreSQL checkpoints by itself.
+    pub async fn checkpoint(&self) -> Result<()> {
+        if let Pools::Sqlite { read, .. } = &self.inner.pools {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(read).await?;
+        }
+        Ok(())
+    }
+
     /// Closes every connection after in-flight queries finish.
     pub async fn close(&self) {
         match &self.inner.pools {
@@ -233,7 +244,9 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
         .foreign_keys(true)
         .busy_timeout(options.acquire_timeout)
         .pragma("temp_store", "memory")
-        .pragma("cache_size", "-16000");
+        .pragma("cache_size", "-16000")
+        // A safety net only: `Store::checkpoint`, run in the background, normally checkpoints long before this.
+        .pragma("wal_autocheckpoint", "16384");
     let path = base.get_filename();
     if path != std::path::Path::new(":memory:")
         && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())

@@ -14,6 +14,7 @@ use store::{JournalOutcome, JournalQuery, JournalStatus, NewMessage};
 for_each_backend!(
     create_read_update_and_versions,
     create_only_and_version_preconditions_fail_cleanly,
+    bulk_creates_write_versions_and_history_and_refuse_a_taken_id,
     concurrent_writers_to_one_resource_exactly_one_wins,
     delete_is_logical_and_history_keeps_every_version,
     history_filters_and_pages,
@@ -93,6 +94,35 @@ async fn create_only_and_version_preconditions_fail_cleanly(db: TestDb) {
     // Nothing changed.
     assert_eq!(store.read("Patient", "p1").await.unwrap().unwrap().version_id, 1);
     assert!(store.read("Patient", "p9").await.unwrap().is_none());
+}
+
+async fn bulk_creates_write_versions_and_history_and_refuse_a_taken_id(db: TestDb) {
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    let batch: Vec<Value> = (0..250).map(|i| patient(&format!("bulk{i}"), &format!("F{i}"))).collect();
+    let written = tx.create_all(batch).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(written.len(), 250);
+    for (i, w) in written.iter().enumerate() {
+        assert!(w.created);
+        assert_eq!((w.resource.id.as_str(), w.resource.version_id), (format!("bulk{i}").as_str(), 1));
+        let read = store.read("Patient", &w.resource.id).await.unwrap().expect("stored");
+        assert_eq!(content(&read)["name"][0]["family"], format!("F{i}"));
+        assert_eq!(content(&read)["meta"]["versionId"], "1");
+        assert!(store.vread("Patient", &w.resource.id, 1).await.unwrap().is_some(), "history row for {i}");
+    }
+
+    // One taken id sinks the whole call, and the transaction writes nothing.
+    let mut tx = store.begin().await.unwrap();
+    let err = tx.create_all(vec![patient("fresh", "X"), patient("bulk7", "Y")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::VersionConflict { .. }), "{err:?}");
+    drop(tx);
+    assert!(store.read("Patient", "fresh").await.unwrap().is_none());
+    assert_eq!(content(&store.read("Patient", "bulk7").await.unwrap().unwrap())["name"][0]["family"], "F7");
+
+    let mut tx = store.begin().await.unwrap();
+    let err = tx.create_all(vec![json!({"resourceType": "Patient", "id": "bad id"})]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
 }
 
 async fn concurrent_writers_to_one_resource_exactly_one_wins(db: TestDb) {

@@ -221,8 +221,16 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
         None => state.store.begin().await?,
     };
     let mut outcomes: Vec<Option<Outcome>> = (0..planned.len()).map(|_| None).collect();
+    let mut creates_done = false;
     for i in order {
         let plan = &planned[i];
+        if plan.method == Method::Post && !creates_done {
+            creates_done = true;
+            create_together(&mut tx, &planned, &mut outcomes).await?;
+        }
+        if outcomes[i].is_some() {
+            continue;
+        }
         match execute(state, &mut tx, plan).await {
             Outcome::Failed(e) if plan.method != Method::Get => {
                 // Dropping the transaction rolls back every entry written so far.
@@ -238,6 +246,32 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
         StatusCode::OK,
         &json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entries}),
     ))
+}
+
+/// Writes every create of a transaction (the POST entries that did not match an existing resource) in one
+/// multi-row insert: their ids are fresh, so nothing needs reading first. The spec's order is kept: all POSTs run
+/// after the DELETEs and before the PUTs, and nothing in between can observe their relative order.
+async fn create_together(
+    tx: &mut StoreTx,
+    planned: &[Planned],
+    outcomes: &mut [Option<Outcome>],
+) -> Result<(), FhirError> {
+    let creates: Vec<&Planned> =
+        planned.iter().filter(|p| p.method == Method::Post && !matches!(p.resolved, Resolved::Existing(_))).collect();
+    if creates.is_empty() {
+        return Ok(());
+    }
+    let resources: Vec<Value> = creates.iter().map(|p| p.resource.clone().unwrap_or_default()).collect();
+    let rows: Vec<_> = resources.iter().map(search::index_rows).collect();
+    let written = tx
+        .create_all(resources)
+        .await
+        .map_err(|e| FhirError::from(e).at(format!("Bundle.entry[{}]", creates.first().map_or(0, |p| p.index))))?;
+    for ((plan, written), rows) in creates.iter().zip(written).zip(rows) {
+        tx.insert_index(&written.resource.resource_type, &written.resource.id, &rows).await?;
+        outcomes[plan.index] = Some(Outcome::Written { stored: written.resource, created: true });
+    }
+    Ok(())
 }
 
 async fn batch(state: &FhirState, entries: &[Value]) -> Response {

@@ -153,10 +153,14 @@ async fn resource_body(state: &FhirState, resource_type: &str, body: Body) -> Re
     Ok(resource)
 }
 
-/// A v4 UUID in lowercase, as the server-assigned id of a created resource.
+/// A lowercase UUID, as the server-assigned id of a created resource.
 pub(crate) fn new_id() -> String {
+    // UUID version 7 (RFC 9562): a millisecond timestamp first, then randomness. Ids created together sort
+    // together, so the database appends to the ends of its id indexes instead of dirtying a random page per create.
     let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    b[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
@@ -227,12 +231,14 @@ pub async fn create(
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
-    let mut tx = match tx {
-        Some(tx) => tx,
-        None => state.store.begin().await?,
+    let written = match tx {
+        Some(mut tx) => {
+            let written = search::put_indexed(&mut tx, resource, Precondition::MustNotExist).await?;
+            tx.commit().await?;
+            written
+        }
+        None => state.creates.create(resource).await?,
     };
-    let written = search::put_indexed(&mut tx, resource, Precondition::MustNotExist).await?;
-    tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "created");
     Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
 }

@@ -5,6 +5,7 @@
 
 mod bundle;
 mod capability;
+mod commit;
 mod error;
 mod handlers;
 mod history;
@@ -39,15 +40,20 @@ pub struct FhirState {
     pub allow_update_create: bool,
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Shares transactions between concurrent plain creates (see [`commit`]).
+    creates: commit::CreateCommitter,
 }
 
 impl FhirState {
+    /// Must be called inside a tokio runtime: it starts the task that commits creates.
     pub fn new(store: Store, base_url: impl Into<String>) -> Self {
+        let creates = commit::CreateCommitter::spawn(store.clone());
         FhirState {
             store,
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             allow_update_create: true,
             max_body_bytes: 4 * 1024 * 1024,
+            creates,
         }
     }
 
