@@ -233,6 +233,52 @@ async fn concurrent_creates_are_each_committed_and_indexed(db: TestDb) {
     }
 }
 
+/// Every way a QuestionnaireResponse version is written or deleted queues exactly one normalization job for it,
+/// in the same transaction: a rolled-back transaction queues nothing.
+async fn questionnaire_responses_queue_normalization(db: TestDb) {
+    let app = db.app().await;
+    let claim = |store: store::Store| async move {
+        let jobs =
+            store.claim(fhir_server::rest::write::NORMALIZE_QUEUE, 100, std::time::Duration::from_secs(60)).await;
+        let jobs = jobs.expect("claim");
+        for job in &jobs {
+            store.complete(job).await.expect("complete");
+        }
+        jobs.into_iter().map(|j| serde_json::from_str::<Value>(&j.payload).expect("payload")).collect::<Vec<_>>()
+    };
+    let qr =
+        json!({"resourceType": "QuestionnaireResponse", "status": "completed", "subject": {"reference": "Patient/p"}});
+    let created = app.create(&qr).await;
+    assert_eq!(created.status, 201);
+    let id = created.json["id"].as_str().expect("id").to_owned();
+    app.create(&patient()).await;
+    assert_eq!(
+        claim(app.store.clone()).await,
+        [json!({"resourceType": "QuestionnaireResponse", "id": id, "versionId": 1})]
+    );
+
+    let mut amended = qr.clone();
+    amended["id"] = json!(id);
+    amended["status"] = json!("amended");
+    assert_eq!(app.write("PUT", &format!("/fhir/QuestionnaireResponse/{id}"), &[], &amended).await.status, 200);
+    assert_eq!(app.send("DELETE", &format!("/fhir/QuestionnaireResponse/{id}"), &[], None).await.status, 204);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0b0c5a8e-6f7e-4b8e-9d43-1a2b3c4d5e6f", "resource": qr, "request": {"method": "POST", "url": "QuestionnaireResponse"}}
+    ]});
+    let reply = app.write("POST", "/fhir", &[], &bundle).await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let versions: Vec<Value> = claim(app.store.clone()).await.iter().map(|p| p["versionId"].clone()).collect();
+    assert_eq!(versions, [json!(2), json!(3), json!(1)]);
+
+    // A transaction that fails after its QuestionnaireResponse entry leaves no job behind.
+    let failing = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "QuestionnaireResponse", "status": "completed"}, "request": {"method": "POST", "url": "QuestionnaireResponse"}},
+        {"resource": {"resourceType": "Patient", "id": "x"}, "request": {"method": "PUT", "url": "Patient/x", "ifMatch": "W/\"9\""}}
+    ]});
+    assert_ne!(app.write("POST", "/fhir", &[], &failing).await.status, 200);
+    assert!(claim(app.store.clone()).await.is_empty());
+}
+
 async fn conditional_reads(db: TestDb) {
     let app = db.app().await;
     let reply = app.create(&patient()).await;
@@ -554,6 +600,7 @@ for_each_backend!(
     update_rules,
     concurrent_updates_with_if_match_have_one_winner,
     concurrent_creates_are_each_committed_and_indexed,
+    questionnaire_responses_queue_normalization,
     conditional_reads,
     delete_is_logical,
     json_patch,

@@ -24,7 +24,7 @@ use store::{Precondition, StoreTx, StoredResource};
 use super::error::{FhirError, IssueType};
 use super::handlers::{check_id, check_type, json_response, new_id};
 use super::validate::validate_resource;
-use super::{FhirState, media, patch, search};
+use super::{FhirState, media, patch, search, write};
 
 /// More entries than this in one Bundle is refused: one request must not hold the writer for minutes.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -262,13 +262,10 @@ async fn create_together(
         return Ok(());
     }
     let resources: Vec<Value> = creates.iter().map(|p| p.resource.clone().unwrap_or_default()).collect();
-    let rows: Vec<_> = resources.iter().map(search::index_rows).collect();
-    let written = tx
-        .create_all(resources)
+    let written = write::create_all(tx, resources)
         .await
         .map_err(|e| FhirError::from(e).at(format!("Bundle.entry[{}]", creates.first().map_or(0, |p| p.index))))?;
-    for ((plan, written), rows) in creates.iter().zip(written).zip(rows) {
-        tx.insert_index(&written.resource.resource_type, &written.resource.id, &rows).await?;
+    for (plan, written) in creates.iter().zip(written) {
         outcomes[plan.index] = Some(Outcome::Written { stored: written.resource, created: true });
     }
     Ok(())
@@ -586,7 +583,7 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
         match plan.method {
             Method::Post => {
                 let resource = plan.resource.clone().unwrap_or_default();
-                let written = search::put_indexed(tx, resource, Precondition::MustNotExist).await?;
+                let written = write::put(tx, resource, Precondition::MustNotExist).await?;
                 Ok(Outcome::Written { stored: written.resource, created: true })
             }
             Method::Put => {
@@ -612,7 +609,7 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     ));
                 }
                 let resource = plan.resource.clone().unwrap_or_default();
-                let written = search::put_indexed(tx, resource, precondition).await.map_err(|e| version_error(e, plan.if_match))?;
+                let written = write::put(tx, resource, precondition).await.map_err(|e| version_error(e, plan.if_match))?;
                 Ok(Outcome::Written { stored: written.resource, created: written.created })
             }
             Method::Patch => {
@@ -635,19 +632,15 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     return Err(FhirError::unprocessable(IssueType::Invalid, "a patch may not change the resource id"));
                 }
                 let expected = plan.if_match.unwrap_or(current.version_id);
-                let written = search::put_indexed(tx, patched, Precondition::Version(expected))
+                let written = write::put(tx, patched, Precondition::Version(expected))
                     .await
                     .map_err(|e| version_error(e, plan.if_match))?;
                 Ok(Outcome::Written { stored: written.resource, created: false })
             }
             Method::Delete => {
-                let deleted = tx
-                    .delete(&plan.resource_type, &plan.id, precondition)
+                let deleted = write::delete(tx, &plan.resource_type, &plan.id, precondition)
                     .await
                     .map_err(|e| version_error(e, plan.if_match))?;
-                if deleted.is_some() {
-                    tx.clear_index(&plan.resource_type, &plan.id).await?;
-                }
                 Ok(Outcome::Deleted(deleted))
             }
             Method::Get => {

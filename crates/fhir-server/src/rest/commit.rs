@@ -13,7 +13,7 @@ use serde_json::Value;
 use store::{Precondition, Store, Written};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{FhirError, search};
+use super::{FhirError, write};
 
 /// Largest number of creates written in one transaction.
 const MAX_BATCH: usize = 64;
@@ -130,14 +130,9 @@ async fn write_all(store: &Store, resources: &[Value]) -> Result<Vec<Written>, s
     let mut tx = store.begin().await?;
     let written = if let [resource] = resources {
         // Alone, a create takes the checked path, so an id clash (from the one-by-one retry) reads as a conflict.
-        vec![search::put_indexed(&mut tx, resource.clone(), Precondition::MustNotExist).await?]
+        vec![write::put(&mut tx, resource.clone(), Precondition::MustNotExist).await?]
     } else {
-        let rows: Vec<_> = resources.iter().map(search::index_rows).collect();
-        let written = tx.create_all(resources.to_vec()).await?;
-        for (w, rows) in written.iter().zip(rows) {
-            tx.insert_index(&w.resource.resource_type, &w.resource.id, &rows).await?;
-        }
-        written
+        write::create_all(&mut tx, resources.to_vec()).await?
     };
     tx.commit().await?;
     Ok(written)

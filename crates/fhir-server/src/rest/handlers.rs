@@ -14,7 +14,7 @@ use store::{Precondition, StoreError, StoreTx, StoredResource, Written, format_i
 use super::error::{FhirError, IssueType, information_outcome};
 use super::media::{self, ReturnPreference};
 use super::validate::validate_resource;
-use super::{FHIR_JSON, FhirState, SUPPORTED_TYPES, patch, search};
+use super::{FHIR_JSON, FhirState, SUPPORTED_TYPES, patch, search, write};
 
 /// A response with a FHIR JSON body.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -233,7 +233,7 @@ pub async fn create(
     }
     let written = match tx {
         Some(mut tx) => {
-            let written = search::put_indexed(&mut tx, resource, Precondition::MustNotExist).await?;
+            let written = write::put(&mut tx, resource, Precondition::MustNotExist).await?;
             tx.commit().await?;
             written
         }
@@ -329,8 +329,7 @@ pub async fn update(
         (None, Some(c)) => Precondition::Version(c.version_id),
         (None, None) => Precondition::MustNotExist,
     };
-    let written =
-        search::put_indexed(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    let written = write::put(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -374,7 +373,7 @@ pub async fn patch(
         e.diagnostics = format!("the patched resource is not valid: {}", e.diagnostics);
         e
     })?;
-    let written = search::put_indexed(&mut tx, patched, Precondition::Version(current.version_id))
+    let written = write::put(&mut tx, patched, Precondition::Version(current.version_id))
         .await
         .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
@@ -394,10 +393,8 @@ pub async fn delete(
     let expected = media::if_match(&headers)?;
     let precondition = expected.map_or(Precondition::None, Precondition::Version);
     let mut tx = state.store.begin().await?;
-    let deleted = tx.delete(&resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
-    if deleted.is_some() {
-        tx.clear_index(&resource_type, &id).await?;
-    }
+    let deleted =
+        write::delete(&mut tx, &resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "delete");
     let text = match &deleted {
@@ -489,8 +486,7 @@ async fn conditional_update(
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
-    let written =
-        search::put_indexed(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    let written = write::put(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "conditionally updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -522,10 +518,8 @@ async fn conditional_delete(
     };
     let precondition = Precondition::Version(expected.unwrap_or(existing.version_id));
     let id = existing.id;
-    let deleted = tx.delete(resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
-    if deleted.is_some() {
-        tx.clear_index(resource_type, &id).await?;
-    }
+    let deleted =
+        write::delete(&mut tx, resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "conditional delete");
     let text = match &deleted {

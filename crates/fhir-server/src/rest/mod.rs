@@ -14,6 +14,7 @@ pub mod patch;
 mod search;
 mod summary;
 pub mod validate;
+pub mod write;
 
 use axum::Router;
 use axum::routing::{get, post};

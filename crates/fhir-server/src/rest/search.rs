@@ -872,25 +872,6 @@ pub(crate) fn several_matches(resource_type: &str) -> FhirError {
     ))
 }
 
-/// Writes a new version of `resource` and its search index rows in the caller's transaction: the one write path,
-/// so a committed version is always searchable as written. A resource with no live version before has no rows
-/// (a delete clears them), so only updates pay for removing the old ones.
-pub(crate) async fn put_indexed(
-    tx: &mut store::StoreTx,
-    resource: Value,
-    precondition: store::Precondition,
-) -> Result<store::Written, store::StoreError> {
-    let rows = index_rows(&resource);
-    let written = tx.put(resource, precondition).await?;
-    let (resource_type, id) = (&written.resource.resource_type, &written.resource.id);
-    if written.created {
-        tx.insert_index(resource_type, id, &rows).await?;
-    } else {
-        tx.replace_index(resource_type, id, &rows).await?;
-    }
-    Ok(written)
-}
-
 /// Key every conditional write serializes on (see [`begin_conditional_tx`]).
 pub(crate) const CONDITIONAL_LOCK: &str = "sdoh-gateway:conditional-writes";
 
