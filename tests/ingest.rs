@@ -28,7 +28,10 @@ fn journal(dir: &std::path::Path, db_url: &str) -> Vec<serde_json::Value> {
 
 fn ingest_round_trip(db_url: &str) {
     let dir = temp_dir();
-    let mut gw = Gateway::start(dir.path(), &["--database-url", db_url, "--http-listen", "127.0.0.1:0"], &[]);
+    // Ingest alone: with no conversion workers the entries stay `received` and their jobs queued (tests/convert.rs
+    // covers conversion).
+    let no_workers = [("SDOH_GATEWAY_WORKERS__COUNT", "0")];
+    let mut gw = Gateway::start(dir.path(), &["--database-url", db_url, "--http-listen", "127.0.0.1:0"], &no_workers);
     let (http_addr, mllp_addr) = gw.wait_ready_both();
 
     // 4 connections x 10 messages, as 4 interfaces sending at once.

@@ -22,6 +22,7 @@ pub struct GatewayConfig {
     pub mllp: MllpConfig,
     pub ingest: IngestConfig,
     pub fhir: FhirConfig,
+    pub outbound: OutboundConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +98,8 @@ pub struct WorkersConfig {
     pub poll_interval_ms: u64,
     /// Attempts before a job is dead-lettered.
     pub max_attempts: i32,
+    /// Worker tasks per queue (conversion, normalization) in this process; 0 runs none (other replicas work).
+    pub count: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +145,94 @@ impl Default for MllpConfig {
             tls: None,
         }
     }
+}
+
+/// Durable outbound HL7 v2 delivery over MLLP (application acknowledgments, referral status updates) to EHRs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Whether this replica runs the delivery worker. Messages are queued either way; for strict per-destination
+    /// order across replicas, run the worker on one replica only.
+    pub enabled: bool,
+    /// Delay before the first retry of a failed delivery, in milliseconds; it doubles per attempt (+/-20 %).
+    pub backoff_base_ms: u64,
+    /// Longest delay between retries, in seconds.
+    pub backoff_max_secs: u64,
+    /// How often an idle destination looks for due messages (new messages also wake it at once), in milliseconds.
+    pub poll_interval_ms: u64,
+    /// An open connection with nothing to send for this long is closed, in seconds.
+    pub idle_close_secs: u64,
+    /// Receiving EHRs, matched in order against MSH-5/MSH-6 of each outbound message; the first match wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<OutboundDestination>,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            enabled: true,
+            backoff_base_ms: 1000,
+            backoff_max_secs: 600,
+            poll_interval_ms: 1000,
+            idle_close_secs: 60,
+            destinations: Vec::new(),
+        }
+    }
+}
+
+/// One receiving EHR interface (an MLLP listener).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundDestination {
+    /// Short unique name, used in logs, metrics and the job queue name (`outbound-mllp:<name>`).
+    pub name: String,
+    /// `host:port` of the EHR's MLLP listener.
+    pub address: String,
+    /// MSH-5.1 (receiving application) this destination takes; empty matches any.
+    #[serde(default)]
+    pub receiving_application: String,
+    /// MSH-6.1 (receiving facility) this destination takes; empty matches any.
+    #[serde(default)]
+    pub receiving_facility: String,
+    /// Longest for the TCP connect plus the TLS handshake, in seconds.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Longest to wait for the ACK of one message, in seconds.
+    #[serde(default = "default_ack_timeout_secs")]
+    pub ack_timeout_secs: u64,
+    /// Delivery attempts before a message is dead-lettered.
+    #[serde(default = "default_outbound_max_attempts")]
+    pub max_attempts: i32,
+    /// TLS (optional); with `cert_file` and `key_file` the gateway presents a client certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OutboundTlsConfig>,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+
+fn default_ack_timeout_secs() -> u64 {
+    30
+}
+
+fn default_outbound_max_attempts() -> i32 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTlsConfig {
+    /// PEM file of the CA(s) that signed the EHR's server certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain and key, for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Name checked against the server certificate; empty: the host part of `address`.
+    #[serde(default)]
+    pub server_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,7 +305,7 @@ impl Default for ShutdownConfig {
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { lease_secs: 60, poll_interval_ms: 500, max_attempts: 10 }
+        WorkersConfig { lease_secs: 60, poll_interval_ms: 500, max_attempts: 10, count: 2 }
     }
 }
 
@@ -356,6 +447,7 @@ impl GatewayConfig {
         if self.workers.lease_secs == 0 {
             return Err(ConfigError::Invalid { key: "workers.lease_secs", reason: "must be at least 1".into() });
         }
+        self.outbound.validate()?;
         Ok(())
     }
 
@@ -383,6 +475,78 @@ impl GatewayConfig {
         options.sqlite_durability = self.database.sqlite_durability;
         options
     }
+}
+
+impl OutboundConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_one = |key: &'static str, value: u64| {
+            if value == 0 { Err(ConfigError::Invalid { key, reason: "must be at least 1".into() }) } else { Ok(()) }
+        };
+        at_least_one("outbound.backoff_base_ms", self.backoff_base_ms)?;
+        at_least_one("outbound.backoff_max_secs", self.backoff_max_secs)?;
+        at_least_one("outbound.poll_interval_ms", self.poll_interval_ms)?;
+        at_least_one("outbound.idle_close_secs", self.idle_close_secs)?;
+        let mut names = std::collections::HashSet::new();
+        for d in &self.destinations {
+            let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+                key,
+                reason: format!("destination {:?}: {reason}", d.name),
+            };
+            let name_ok = !d.name.is_empty()
+                && d.name.len() <= 64
+                && d.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !name_ok {
+                return Err(invalid(
+                    "outbound.destinations.name",
+                    "must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err(invalid("outbound.destinations.name", "is used by more than one destination".into()));
+            }
+            if split_host_port(&d.address).is_none() {
+                return Err(invalid("outbound.destinations.address", format!("{:?} is not host:port", d.address)));
+            }
+            if d.connect_timeout_secs == 0 {
+                return Err(invalid("outbound.destinations.connect_timeout_secs", "must be at least 1".into()));
+            }
+            if d.ack_timeout_secs == 0 {
+                return Err(invalid("outbound.destinations.ack_timeout_secs", "must be at least 1".into()));
+            }
+            if d.max_attempts < 1 {
+                return Err(invalid("outbound.destinations.max_attempts", "must be at least 1".into()));
+            }
+            if let Some(tls) = &d.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err(invalid(
+                        "outbound.destinations.tls.cert_file",
+                        "cert_file and key_file go together (mutual TLS)".into(),
+                    ));
+                }
+                for (key, path) in [
+                    ("outbound.destinations.tls.ca_file", Some(&tls.ca_file)),
+                    ("outbound.destinations.tls.cert_file", tls.cert_file.as_ref()),
+                    ("outbound.destinations.tls.key_file", tls.key_file.as_ref()),
+                ] {
+                    if let Some(path) = path.filter(|p| !p.is_file()) {
+                        return Err(invalid(key, format!("{} is not a readable file", path.display())));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` split into its parts (`[::1]:2575` for IPv6); `None` unless both are present and the port is a number.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((host, port))
 }
 
 /// Replaces the password of a URL's user info with `***`, leaving everything else readable.
@@ -447,6 +611,141 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
         assert!(config.database.url.starts_with("sqlite:./data/"));
+    }
+
+    #[test]
+    fn the_example_outbound_destination_parses_once_uncommented() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/gateway.example.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let block: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[outbound.destinations]]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let start = text.find("# [[outbound.destinations]]").unwrap();
+        let parsed: GatewayConfig = toml::from_str(&format!("{}{block}", &text[..start])).unwrap();
+        // The example's TLS files do not exist here.
+        assert_eq!(invalid_key(parsed.validate()), "outbound.destinations.tls.ca_file");
+        let d = &parsed.outbound.destinations;
+        assert_eq!(d.len(), 1, "{block}");
+        assert_eq!(d[0].name, "ehr-main");
+        assert_eq!(d[0].address, "ehr.example.org:2575");
+        assert_eq!(d[0].receiving_application, "EPIC");
+        assert_eq!((d[0].connect_timeout_secs, d[0].ack_timeout_secs, d[0].max_attempts), (10, 30, 10));
+        let tls = d[0].tls.as_ref().unwrap();
+        assert_eq!(tls.server_name, "ehr.example.org");
+        assert!(tls.cert_file.is_some() && tls.key_file.is_some());
+        // Every key of a destination (TLS included) is in the documented block.
+        let mut full = OutboundDestination {
+            name: "x".into(),
+            address: "h:1".into(),
+            receiving_application: String::new(),
+            receiving_facility: String::new(),
+            connect_timeout_secs: 1,
+            ack_timeout_secs: 1,
+            max_attempts: 1,
+            tls: None,
+        };
+        full.tls = Some(OutboundTlsConfig {
+            ca_file: "a".into(),
+            cert_file: Some("b".into()),
+            key_file: Some("c".into()),
+            server_name: String::new(),
+        });
+        let keys = toml::Value::try_from(&full).unwrap();
+        for (key, value) in keys.as_table().unwrap() {
+            assert!(block.contains(&format!("{key} =")) || value.is_table(), "example lacks destinations.{key}");
+            if let Some(t) = value.as_table() {
+                for k in t.keys() {
+                    assert!(block.contains(&format!("{k} =")), "example lacks destinations.{key}.{k}");
+                }
+            }
+        }
+    }
+
+    fn with_destination(edit: impl FnOnce(&mut OutboundDestination)) -> Result<(), ConfigError> {
+        let mut d = OutboundDestination {
+            name: "ehr".into(),
+            address: "ehr.example.org:2575".into(),
+            receiving_application: "EPIC".into(),
+            receiving_facility: String::new(),
+            connect_timeout_secs: 10,
+            ack_timeout_secs: 30,
+            max_attempts: 10,
+            tls: None,
+        };
+        edit(&mut d);
+        let mut config = GatewayConfig::default();
+        config.outbound.destinations = vec![d];
+        config.validate()
+    }
+
+    fn invalid_key(result: Result<(), ConfigError>) -> &'static str {
+        match result {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outbound_destinations_are_validated_naming_the_key() {
+        with_destination(|_| {}).unwrap();
+        with_destination(|d| d.address = "[::1]:2575".into()).unwrap();
+        assert_eq!(invalid_key(with_destination(|d| d.name = "has space".into())), "outbound.destinations.name");
+        assert_eq!(
+            invalid_key(with_destination(|d| d.address = "ehr.example.org".into())),
+            "outbound.destinations.address"
+        );
+        assert_eq!(invalid_key(with_destination(|d| d.address = "ehr:http".into())), "outbound.destinations.address");
+        assert_eq!(invalid_key(with_destination(|d| d.ack_timeout_secs = 0)), "outbound.destinations.ack_timeout_secs");
+        assert_eq!(
+            invalid_key(with_destination(|d| d.connect_timeout_secs = 0)),
+            "outbound.destinations.connect_timeout_secs"
+        );
+        assert_eq!(invalid_key(with_destination(|d| d.max_attempts = 0)), "outbound.destinations.max_attempts");
+        let missing = |cert: Option<PathBuf>| OutboundTlsConfig {
+            ca_file: "/nonexistent/ca.pem".into(),
+            key_file: cert.clone(),
+            cert_file: cert,
+            server_name: String::new(),
+        };
+        assert_eq!(invalid_key(with_destination(|d| d.tls = Some(missing(None)))), "outbound.destinations.tls.ca_file");
+        let mut half = missing(None);
+        half.cert_file = Some("/nonexistent/cert.pem".into());
+        assert_eq!(invalid_key(with_destination(|d| d.tls = Some(half))), "outbound.destinations.tls.cert_file");
+        let mut config = GatewayConfig::default();
+        config.outbound.destinations = vec![
+            OutboundDestination { name: "a".into(), ..config_destination() },
+            OutboundDestination { name: "a".into(), ..config_destination() },
+        ];
+        assert_eq!(invalid_key(config.validate()), "outbound.destinations.name");
+        let mut config = GatewayConfig::default();
+        config.outbound.backoff_base_ms = 0;
+        assert_eq!(invalid_key(config.validate()), "outbound.backoff_base_ms");
+    }
+
+    fn config_destination() -> OutboundDestination {
+        toml::from_str("name = \"x\"\naddress = \"127.0.0.1:2575\"").unwrap()
+    }
+
+    #[test]
+    fn outbound_destinations_come_from_toml_with_defaults() {
+        let config: GatewayConfig = toml::from_str(
+            "[outbound]\nbackoff_base_ms = 50\n[[outbound.destinations]]\nname = \"ehr\"\naddress = \"127.0.0.1:2575\"\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.outbound.backoff_base_ms, 50);
+        let d = &config.outbound.destinations[0];
+        assert_eq!((d.connect_timeout_secs, d.ack_timeout_secs, d.max_attempts), (10, 30, 10));
+        assert!(d.receiving_application.is_empty() && d.tls.is_none());
+        assert!(
+            toml::from_str::<GatewayConfig>("[[outbound.destinations]]\nname = \"x\"\naddress = \"h:1\"\nport = 1\n")
+                .is_err()
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod messages_cli;
+pub mod outbound;
 pub mod serve;
 pub mod synth;
 pub mod telemetry;
+pub mod worker;

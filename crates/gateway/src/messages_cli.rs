@@ -75,20 +75,21 @@ async fn run_with(store: &store::Store, config: &GatewayConfig, command: Message
             } else {
                 writeln!(
                     out,
-                    "{:>8}  {:<27}  {:<8}  {:<20}  {:<24}  {:<9}  {:>7}",
+                    "{:>8}  {:<27}  {:<8}  {:<20}  {:<24}  {:<9}  {:>7}  DETAIL",
                     "ID", "RECEIVED", "TYPE", "CONTROL ID", "SENDER", "STATUS", "BYTES"
                 )?;
                 for e in &entries {
                     writeln!(
                         out,
-                        "{:>8}  {:<27}  {:<8}  {:<20}  {:<24}  {:<9}  {:>7}",
+                        "{:>8}  {:<27}  {:<8}  {:<20}  {:<24}  {:<9}  {:>7}  {}",
                         e.id,
                         store::format_instant(e.received),
                         e.message_type,
                         e.control_id,
                         format!("{}/{}", e.sending_application, e.sending_facility),
                         e.status,
-                        e.size_bytes
+                        e.size_bytes,
+                        e.status_detail.as_deref().map(detail_summary).unwrap_or_default()
                     )?;
                 }
             }
@@ -116,4 +117,34 @@ async fn run_with(store: &store::Store, config: &GatewayConfig, command: Message
         }
     }
     Ok(())
+}
+
+/// The first issue of a status detail (an OperationOutcome) on one line: its diagnostics and location, plus how
+/// many more issues there are. `messages show` prints the whole outcome.
+fn detail_summary(detail: &str) -> String {
+    let Ok(outcome) = serde_json::from_str::<serde_json::Value>(detail) else { return String::new() };
+    let issues = outcome["issue"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let Some(first) = issues.first() else { return String::new() };
+    let mut text = format!(
+        "{}: {}",
+        first["severity"].as_str().unwrap_or("issue"),
+        first["diagnostics"].as_str().unwrap_or("(no diagnostics)")
+    );
+    if issues.len() > 1 {
+        text += &format!(" (+{} more)", issues.len() - 1);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detail_summary;
+
+    #[test]
+    fn details_are_summarized_on_one_line() {
+        let oo = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing",
+            "diagnostics":"required field PID-3 is missing"},{"severity":"warning","diagnostics":"x"}]}"#;
+        assert_eq!(detail_summary(oo), "error: required field PID-3 is missing (+1 more)");
+        assert_eq!(detail_summary("not json"), "");
+    }
 }

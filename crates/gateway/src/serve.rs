@@ -57,6 +57,12 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         commit_tasks = Some(tasks);
     }
 
+    // Background workers (conversion, normalization) start after migrations and stop after their current job.
+    let mut worker_tasks = crate::worker::spawn(store.clone(), worker_settings(&config), shutdown.clone()).await;
+    // Outbound HL7 v2 (application acknowledgments) is delivered in order per destination, retried until ACKed.
+    let outbound_task = crate::outbound::spawn(store.clone(), &config.outbound, shutdown.clone())
+        .context("cannot start outbound HL7 v2 delivery")?;
+
     let mut fhir = fhir_server::FhirState::new(store.clone(), config.fhir_base_url(http_addr));
     fhir.allow_update_create = config.fhir.allow_update_create;
     fhir.max_body_bytes = config.http.max_body_bytes;
@@ -101,6 +107,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         if let Some(mut tasks) = commit_tasks {
             while tasks.join_next().await.is_some() {}
         }
+        // Workers saw the same cancellation and finish the entry or job in hand (concurrently with the above).
+        while worker_tasks.join_next().await.is_some() {}
+        let _ = outbound_task.await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(grace_secs = grace.as_secs(), "in-flight work did not finish within the grace period");
@@ -124,6 +133,16 @@ fn commit_settings(config: &GatewayConfig, backend: store::BackendKind) -> Commi
     }
 }
 
+fn worker_settings(config: &GatewayConfig) -> crate::worker::WorkerSettings {
+    crate::worker::WorkerSettings {
+        count: config.workers.count,
+        lease: Duration::from_secs(config.workers.lease_secs),
+        poll_interval: Duration::from_millis(config.workers.poll_interval_ms.max(10)),
+        max_attempts: config.workers.max_attempts,
+        routes: config.outbound.enabled.then(|| crate::outbound::Routes::new(&config.outbound)),
+    }
+}
+
 fn listener_config(config: &GatewayConfig) -> mllp::ListenerConfig {
     let m = &config.mllp;
     mllp::ListenerConfig {
@@ -142,16 +161,32 @@ fn listener_config(config: &GatewayConfig) -> mllp::ListenerConfig {
     }
 }
 
-/// Keeps the planner's statistics current as data grows: soon after start, then every ten minutes.
+/// Keeps the planner's statistics current as data grows. Plans depend on them (see `Store::refresh_statistics`),
+/// so they are refreshed whenever the number of stored versions has doubled since the last refresh (checked every
+/// few seconds with one indexed lookup), and every ten minutes while anything is written.
 async fn refresh_statistics(store: store::Store, shutdown: CancellationToken) {
-    let mut every =
-        tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(30), Duration::from_secs(600));
+    const FIRST_AT: i64 = 500;
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut analyzed_at: Option<(i64, tokio::time::Instant)> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {
-                if let Err(e) = store.refresh_statistics().await {
-                    tracing::warn!(error = %e, "refreshing planner statistics failed");
+                let Ok(written) = store.versions_written().await else { continue };
+                let due = match analyzed_at {
+                    None => true,
+                    Some((count, at)) => {
+                        written >= (count * 2).max(FIRST_AT)
+                            || (written > count && at.elapsed() >= Duration::from_secs(600))
+                    }
+                };
+                if !due {
+                    continue;
+                }
+                match store.refresh_statistics().await {
+                    Ok(()) => analyzed_at = Some((written, tokio::time::Instant::now())),
+                    Err(e) => tracing::warn!(error = %e, "refreshing planner statistics failed"),
                 }
             }
         }

@@ -65,6 +65,13 @@ fn describe_metrics() {
     );
     describe_histogram!("ingest_group_commit_batch_size", "Messages per journal transaction (group commit)");
     describe_histogram!("ingest_commit_duration_seconds", "Duration of one journal transaction");
+    describe_counter!("conversion_total", "Journaled HL7 v2 messages converted to FHIR, by outcome and message type");
+    describe_histogram!("conversion_duration_seconds", "Duration of one journal entry's conversion transaction");
+    describe_counter!(
+        "normalization_total",
+        "QuestionnaireResponse normalization jobs, by outcome (normalized, skipped, failed)"
+    );
+    describe_histogram!("normalization_duration_seconds", "Duration of one normalization job");
     describe_gauge!("mllp_connections_open", "Open MLLP connections");
     describe_counter!("mllp_connections_accepted_total", "MLLP connections accepted");
     describe_counter!(

@@ -189,10 +189,30 @@ impl Store {
     /// low-selectivity index (e.g. every `category=survey` row) and a search costs O(stored resources). Bounded by
     /// `analysis_limit`, so it takes milliseconds; PostgreSQL's autovacuum keeps its own statistics.
     pub async fn refresh_statistics(&self) -> Result<()> {
-        if let Pools::Sqlite { write, .. } = &self.inner.pools {
-            sqlx::raw_sql("PRAGMA analysis_limit = 1000; ANALYZE;").execute(write).await?;
+        match &self.inner.pools {
+            Pools::Sqlite { write, .. } => {
+                sqlx::raw_sql("PRAGMA analysis_limit = 1000; ANALYZE;").execute(write).await?;
+            }
+            // Autovacuum analyzes too, but only after a threshold of changed rows and on its own schedule; a bulk
+            // load searched right away would be planned with the empty tables' statistics.
+            Pools::Postgres(pool) => {
+                sqlx::raw_sql(
+                    "ANALYZE resources, search_token, search_string, search_reference, search_date, search_number, \
+                     search_quantity, search_uri",
+                )
+                .execute(pool)
+                .await?;
+            }
         }
         Ok(())
+    }
+
+    /// How many resource versions were ever written: a cheap measure of growth (the newest history sequence number).
+    pub async fn versions_written(&self) -> Result<i64> {
+        with_read_pool!(self, pool => {
+            let n: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM resource_history").fetch_one(pool).await?;
+            Ok(n.unwrap_or(0))
+        })
     }
 
     /// Copies committed WAL pages back into the SQLite database file, on a reader connection. Run periodically,
@@ -245,8 +265,10 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
         .busy_timeout(options.acquire_timeout)
         .pragma("temp_store", "memory")
         .pragma("cache_size", "-16000")
-        // A safety net only: `Store::checkpoint`, run in the background, normally checkpoints long before this.
-        .pragma("wal_autocheckpoint", "16384");
+        // A safety net only (1 GiB of WAL): `Store::checkpoint`, run every second in the background, checkpoints
+        // long before this. A commit that crosses the threshold checkpoints in line, copying the whole WAL into
+        // the database file while every other writer waits; on a multi-gigabyte database that took seconds.
+        .pragma("wal_autocheckpoint", "262144");
     let path = base.get_filename();
     if path != std::path::Path::new(":memory:")
         && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())

@@ -1,0 +1,236 @@
+//! Background workers: durable-queue consumers that turn journaled HL7 v2 messages into FHIR resources
+//! ([`convert`]) and QuestionnaireResponses into SDOHCC Observations and Conditions ([`normalize`]).
+//!
+//! Each worker task claims one job at a time under a lease, does its work in store transactions that also record
+//! the outcome (journal status, job completion), and waits for the next job on the store's enqueue notification
+//! with a fallback poll, so jobs queued by another replica are picked up too. Workers stop between jobs (or, for a
+//! long conversion job, between journal entries) once shutdown is requested.
+
+pub mod convert;
+pub mod normalize;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use store::{Backoff, Job, Store, StoreError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How the workers run.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Worker tasks per queue; 0 runs none.
+    pub count: usize,
+    /// Lease taken on each claimed job; long jobs renew it.
+    pub lease: Duration,
+    /// Fallback poll interval when no enqueue notification arrives.
+    pub poll_interval: Duration,
+    /// Attempts for jobs the workers queue themselves (a conversion job's remainder at shutdown).
+    pub max_attempts: i32,
+    /// Where application acknowledgments go (`[outbound]` destinations); `None` sends none.
+    pub routes: Option<crate::outbound::Routes>,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            count: 2,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(500),
+            max_attempts: 10,
+            routes: None,
+        }
+    }
+}
+
+/// The queues the workers consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Convert,
+    Normalize,
+}
+
+impl Kind {
+    fn queue(self) -> &'static str {
+        match self {
+            Kind::Convert => crate::admin::CONVERT_QUEUE,
+            Kind::Normalize => fhir_server::rest::write::NORMALIZE_QUEUE,
+        }
+    }
+}
+
+/// Starts `settings.count` workers per queue; they stop after their current job once `shutdown` is cancelled.
+/// Join the returned set to wait for them.
+pub async fn spawn(store: Store, settings: WorkerSettings, shutdown: CancellationToken) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    if settings.count == 0 {
+        return tasks;
+    }
+    if let Err(e) = normalize::ensure_device(&store).await {
+        tracing::warn!(error = %e, "could not record the gateway's Device resource; normalization will retry it");
+    }
+    for kind in [Kind::Convert, Kind::Normalize] {
+        for n in 0..settings.count {
+            let (store, settings, shutdown) = (store.clone(), settings.clone(), shutdown.clone());
+            tasks.spawn(async move { run(kind, n, store, settings, shutdown).await });
+        }
+    }
+    tasks
+}
+
+async fn run(kind: Kind, n: usize, store: Store, settings: WorkerSettings, shutdown: CancellationToken) {
+    tracing::debug!(queue = kind.queue(), worker = n, "worker started");
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match store.claim(kind.queue(), 1, settings.lease).await {
+            Ok(jobs) if !jobs.is_empty() => {
+                for job in jobs {
+                    match kind {
+                        Kind::Convert => convert::run_job(&store, job, &settings, &shutdown).await,
+                        Kind::Normalize => normalize::run_job(&store, job).await,
+                    }
+                }
+                // More may be due: look again at once.
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(queue = kind.queue(), error = %e, "claiming jobs failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = store.job_enqueued() => {}
+            _ = tokio::time::sleep(settings.poll_interval) => {}
+        }
+    }
+    tracing::debug!(queue = kind.queue(), worker = n, "worker stopped");
+}
+
+/// Retries a job later (the database went away, a write conflicted): the work was rolled back.
+async fn retry_later(store: &Store, job: &Job, error: &StoreError) {
+    tracing::warn!(queue = %job.queue, job_id = job.id, attempt = job.attempts, error = %error, "job failed; will retry");
+    match store.fail(job, &error.to_string(), &Backoff::default()).await {
+        Ok(store::FailOutcome::DeadLettered) => {
+            tracing::error!(queue = %job.queue, job_id = job.id, "job dead-lettered after its last attempt")
+        }
+        Ok(store::FailOutcome::RetryAt(_)) => {}
+        Err(e) => tracing::warn!(job_id = job.id, error = %e, "could not record the job failure (lease expires)"),
+    }
+}
+
+/// Dead-letters a job at once: retrying cannot help (its input is wrong). The store dead-letters a failing job on
+/// its last attempt, so the failure is recorded as that.
+async fn dead_letter(store: &Store, job: &Job, error: &str) {
+    tracing::error!(queue = %job.queue, job_id = job.id, error, "job dead-lettered");
+    let last = Job { attempts: job.max_attempts, ..job.clone() };
+    if let Err(e) = store.fail(&last, error, &Backoff::default()).await {
+        tracing::warn!(job_id = job.id, error = %e, "could not dead-letter the job (lease expires)");
+    }
+}
+
+/// True when `stored` (a stored version's JSON) equals `new` apart from `meta` (and, for a Provenance, the
+/// `recorded` time that changes on every run): writing `new` would only churn versions.
+pub fn same_content(stored: &str, new: &Value) -> bool {
+    let Ok(mut old) = serde_json::from_str::<Value>(stored) else { return false };
+    let mut new = new.clone();
+    for v in [&mut old, &mut new] {
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("meta");
+            if obj.get("resourceType").and_then(Value::as_str) == Some("Provenance") {
+                obj.remove("recorded");
+            }
+        }
+    }
+    old == new
+}
+
+/// A resource's type and id, as written by the pure mappers.
+fn type_and_id(resource: &Value) -> Option<(String, String)> {
+    Some((resource.get("resourceType")?.as_str()?.to_owned(), resource.get("id")?.as_str()?.to_owned()))
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upsert {
+    Written,
+    Unchanged,
+    Kept,
+}
+
+/// Writes `resource` unless the current version already says the same; with `only_if_absent`, never replaces a
+/// live resource; with `only_if_present`, never creates one (retractions).
+async fn upsert(
+    tx: &mut store::StoreTx,
+    resource: Value,
+    only_if_absent: bool,
+    only_if_present: bool,
+) -> Result<Upsert, StoreError> {
+    let (resource_type, id) =
+        type_and_id(&resource).ok_or_else(|| StoreError::Invalid("resource without resourceType or id".into()))?;
+    let live = tx.read(&resource_type, &id).await?.filter(|c| !c.deleted);
+    match &live {
+        Some(_) if only_if_absent => return Ok(Upsert::Kept),
+        None if only_if_present => return Ok(Upsert::Kept),
+        Some(current) if current.content.as_deref().is_some_and(|c| same_content(c, &resource)) => {
+            return Ok(Upsert::Unchanged);
+        }
+        _ => {}
+    }
+    fhir_server::rest::write::put(tx, resource, store::Precondition::None).await?;
+    Ok(Upsert::Written)
+}
+
+/// A FHIR OperationOutcome with one issue per `(severity, code, diagnostics, location)`.
+fn operation_outcome(issues: &[(&str, &str, String, Option<&str>)]) -> String {
+    let issues: Vec<Value> = issues
+        .iter()
+        .map(|(severity, code, diagnostics, location)| {
+            let mut issue = serde_json::json!({"severity": severity, "code": code, "diagnostics": diagnostics});
+            if let Some(location) = location {
+                issue["location"] = serde_json::json!([location]);
+                issue["expression"] = serde_json::json!([location]);
+            }
+            issue
+        })
+        .collect();
+    serde_json::json!({"resourceType": "OperationOutcome", "issue": issues}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn same_content_ignores_meta_and_provenance_recorded_only() {
+        let stored = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "3"}, "gender": "female"});
+        assert!(same_content(&stored.to_string(), &json!({"resourceType": "Patient", "id": "p", "gender": "female"})));
+        assert!(!same_content(&stored.to_string(), &json!({"resourceType": "Patient", "id": "p", "gender": "male"})));
+        let prov = json!({"resourceType": "Provenance", "id": "x", "recorded": "2026-01-01T00:00:00Z", "target": []});
+        let again = json!({"resourceType": "Provenance", "id": "x", "recorded": "2026-02-01T00:00:00Z", "target": []});
+        assert!(same_content(&prov.to_string(), &again));
+        let obs = json!({"resourceType": "Observation", "id": "o", "issued": "2026-01-01T00:00:00Z"});
+        let later = json!({"resourceType": "Observation", "id": "o", "issued": "2026-02-01T00:00:00Z"});
+        assert!(!same_content(&obs.to_string(), &later));
+        assert!(!same_content("not json", &later));
+    }
+
+    #[test]
+    fn operation_outcomes_name_the_location() {
+        let oo: Value = serde_json::from_str(&operation_outcome(&[(
+            "error",
+            "processing",
+            "required field PID-3 is missing".into(),
+            Some("PID-3"),
+        )]))
+        .unwrap();
+        assert_eq!(oo["resourceType"], "OperationOutcome");
+        assert_eq!(oo["issue"][0]["expression"][0], "PID-3");
+        assert_eq!(oo["issue"][0]["location"][0], "PID-3");
+        assert_eq!(oo["issue"][0]["severity"], "error");
+    }
+}
+
+#[cfg(test)]
+mod store_tests;

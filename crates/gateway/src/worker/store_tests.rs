@@ -1,0 +1,177 @@
+//! Worker tests against a real SQLite store: idempotent conversion, failure outcomes, lost leases, retractions.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use store::{JournalStatus, NewMessage, Precondition, Store, StoreOptions};
+
+use super::convert::{EntryOutcome, convert_entry};
+use super::{WorkerSettings, convert, normalize};
+
+const CONVERT: &str = crate::admin::CONVERT_QUEUE;
+const NORMALIZE: &str = fhir_server::rest::write::NORMALIZE_QUEUE;
+
+async fn open(dir: &tempfile::TempDir) -> Store {
+    let url = format!("sqlite:{}", dir.path().join("w.db").display());
+    let store = Store::connect(&StoreOptions::new(url)).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn conformance(path: &str) -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../conformance/").to_owned() + path).unwrap()
+}
+
+/// Journals a conformance message (queuing its conversion job) and returns its journal id.
+async fn journal(store: &Store, name: &str) -> i64 {
+    let raw = conformance(&format!("v2fhir/{name}")).trim_end().replace("\r\n", "\r").replace('\n', "\r");
+    let message = hl7v2::Message::parse(raw.as_bytes()).unwrap();
+    let h = message.header();
+    let new = NewMessage {
+        sending_application: h.sending_application.clone(),
+        sending_facility: h.sending_facility.clone(),
+        receiving_application: h.receiving_application.clone(),
+        receiving_facility: h.receiving_facility.clone(),
+        message_type: format!("{}^{}", h.message_type, h.trigger_event),
+        control_id: h.control_id.clone(),
+        version: h.version.clone(),
+        raw: raw.clone().into_bytes(),
+    };
+    match store.journal_messages(&[new], CONVERT, 10).await.unwrap()[0] {
+        store::JournalOutcome::Stored { id } => id,
+        store::JournalOutcome::Duplicate => panic!("duplicate"),
+    }
+}
+
+async fn status(store: &Store, id: i64) -> (String, Option<String>) {
+    let e = store.journal_entry(id).await.unwrap().unwrap();
+    (e.status, e.status_detail)
+}
+
+async fn versions(store: &Store) -> Vec<(String, String, i64)> {
+    let mut all = Vec::new();
+    for entry in store.history(&store::HistoryQuery { limit: 1000, ..Default::default() }).await.unwrap() {
+        all.push((entry.resource.resource_type, entry.resource.id, entry.resource.version_id));
+    }
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn conversion_completes_its_job_and_a_second_run_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let id = journal(&store, "adt_a04.hl7").await;
+    let job = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    convert::run_job(&store, job, &WorkerSettings::default(), &Default::default()).await;
+    assert_eq!(status(&store, id).await.0, "converted");
+    assert!(store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().is_empty(), "job completed");
+    let before = versions(&store).await;
+    assert!(before.iter().any(|(t, _, v)| t == "Patient" && *v == 1));
+    match convert_entry(&store, id, None, None).await.unwrap() {
+        EntryOutcome::Converted { written, unchanged, .. } => assert_eq!((written, unchanged > 0), (0, true)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(versions(&store).await, before, "no version churn");
+}
+
+#[tokio::test]
+async fn a_mapping_failure_fails_the_entry_with_an_outcome_and_completes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let id = journal(&store, "err_missing_pid3.hl7").await;
+    let job = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    convert::run_job(&store, job, &WorkerSettings::default(), &Default::default()).await;
+    let (status, detail) = status(&store, id).await;
+    assert_eq!(status, "failed");
+    let outcome: Value = serde_json::from_str(&detail.unwrap()).unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "processing");
+    assert_eq!(outcome["issue"][0]["expression"][0], "PID-3");
+    assert!(store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(versions(&store).await.is_empty());
+    assert_eq!(store.journal_ids_with_status(JournalStatus::Failed, 10).await.unwrap(), vec![id]);
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let id = journal(&store, "adt_a04.hl7").await;
+    let stale = store.claim(CONVERT, 1, Duration::from_millis(1)).await.unwrap().remove(0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let fresh = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    assert_eq!(fresh.id, stale.id);
+    convert::run_job(&store, stale, &WorkerSettings::default(), &Default::default()).await;
+    assert_eq!(status(&store, id).await.0, "received");
+    assert!(versions(&store).await.is_empty());
+    convert::run_job(&store, fresh, &WorkerSettings::default(), &Default::default()).await;
+    assert_eq!(status(&store, id).await.0, "converted");
+}
+
+#[tokio::test]
+async fn normalization_writes_derived_resources_once_and_never_creates_retractions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let qr: Value = serde_json::from_str(&conformance("sdoh/hvs-not-at-risk.input.json")).unwrap();
+    let mut tx = store.begin().await.unwrap();
+    fhir_server::rest::write::put(&mut tx, qr.clone(), Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+    let job = store.claim(NORMALIZE, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    normalize::run_job(&store, job).await;
+    assert!(store.claim(NORMALIZE, 1, Duration::from_secs(60)).await.unwrap().is_empty(), "completed with its work");
+    let after = versions(&store).await;
+    assert_eq!(after.iter().filter(|(t, _, _)| t == "Observation").count(), 4, "{after:?}");
+    assert!(!after.iter().any(|(t, _, _)| t == "Condition"), "a retraction of a never-derived Condition is dropped");
+
+    // The same content again (a new QR version): only the Provenance (naming the new source version) changes.
+    let mut tx = store.begin().await.unwrap();
+    fhir_server::rest::write::put(&mut tx, qr, Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+    let job = store.claim(NORMALIZE, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    normalize::run_job(&store, job).await;
+    let again = versions(&store).await;
+    let new: Vec<_> = again.iter().filter(|v| !after.contains(v)).map(|(t, _, v)| (t.as_str(), *v)).collect();
+    assert_eq!(new, vec![("Provenance", 2), ("QuestionnaireResponse", 2)]);
+}
+
+#[tokio::test]
+async fn at_shutdown_a_conversion_job_hands_back_the_entries_it_did_not_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut messages = Vec::new();
+    for (name, control) in [("adt_a04.hl7", "S-1"), ("adt_a08.hl7", "S-2"), ("adt_a01.hl7", "S-3")] {
+        let raw = conformance(&format!("v2fhir/{name}")).trim_end().replace("\r\n", "\r").replace('\n', "\r");
+        let original = raw.split('|').nth(9).unwrap().to_owned();
+        let raw = raw.replacen(&format!("|{original}|"), &format!("|{control}|"), 1);
+        messages.push(NewMessage {
+            sending_application: "A".into(),
+            sending_facility: "F".into(),
+            receiving_application: String::new(),
+            receiving_facility: String::new(),
+            message_type: "ADT^A04".into(),
+            control_id: control.into(),
+            version: "2.5.1".into(),
+            raw: raw.into_bytes(),
+        });
+    }
+    let ids: Vec<i64> = store
+        .journal_messages(&messages, CONVERT, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            store::JournalOutcome::Stored { id } => id,
+            store::JournalOutcome::Duplicate => panic!("duplicate"),
+        })
+        .collect();
+    let job = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    shutdown.cancel();
+    convert::run_job(&store, job, &WorkerSettings::default(), &shutdown).await;
+    // The entry in hand is finished; the rest wait in a new job, not behind an expired lease.
+    assert_eq!(status(&store, ids[0]).await.0, "converted");
+    assert_eq!(status(&store, ids[1]).await.0, "received");
+    let rest = store.claim(CONVERT, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(store::journal_ids_of(&rest[0].payload).unwrap(), ids[1..].to_vec());
+}
