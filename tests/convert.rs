@@ -258,3 +258,99 @@ fn postgres_messages_are_converted_and_screenings_normalized() {
     let url = rt.block_on(postgres_schema_url(&postgres_url()));
     conversion_and_normalization(&url);
 }
+
+/// A conformance message asking for enhanced-mode acknowledgments: accept ACK always, application ACK per `mode`.
+fn enhanced(name: &str, control_id: &str, application_ack: &str) -> Vec<u8> {
+    let raw = String::from_utf8(message(name, control_id)).unwrap();
+    let mut segments: Vec<String> = raw.split('\r').map(str::to_owned).collect();
+    let mut msh: Vec<String> = segments[0].split('|').map(str::to_owned).collect();
+    msh.resize(msh.len().max(16), String::new());
+    msh[14] = "AL".into();
+    msh[15] = application_ack.into();
+    segments[0] = msh.join("|");
+    segments.join("\r").into_bytes()
+}
+
+/// An EHR's MLLP listener: records every message it receives and acknowledges it with AA.
+fn ehr_receiver() -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                while let Some(message) = support::mllp::read_frame(&mut stream) {
+                    let control_id = field(&message, "MSH", 10).unwrap_or_default();
+                    let ack = format!(
+                        "MSH|^~\\&|EHR|CLINIC-1|SDOH-GATEWAY|SDOH-HUB|20261123090000||ACK|R{control_id}|P|2.5.1\rMSA|AA|{control_id}"
+                    );
+                    if sender.send(message).is_err() {
+                        return;
+                    }
+                    use std::io::Write;
+                    if stream.write_all(&support::mllp::frame(ack.as_bytes())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// Enhanced-mode senders get the outcome of conversion back as an application acknowledgment over outbound MLLP:
+/// AA when converted, AE with the field at fault when not, none when they asked for none (MSH-16 NE), in order.
+#[test]
+fn application_acknowledgments_report_the_conversion_outcome() {
+    let (ehr, received) = ehr_receiver();
+    let dir = temp_dir();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[outbound]\nbackoff_base_ms = 50\npoll_interval_ms = 100\n\n[[outbound.destinations]]\nname = \"clinic\"\n\
+             address = \"{ehr}\"\nreceiving_application = \"EPIC\"\nreceiving_facility = \"CLINIC-1\"\nack_timeout_secs = 5\n"
+        ),
+    )
+    .unwrap();
+    let url = format!("sqlite:{}", dir.path().join("gw.db").display());
+    let config = config.display().to_string();
+    let mut gw =
+        Gateway::start(dir.path(), &["--config", &config, "--database-url", &url, "--http-listen", "127.0.0.1:0"], &[]);
+    let (_, mllp_addr) = gw.wait_ready_both();
+    let mut stream = TcpStream::connect(mllp_addr).expect("connect to MLLP");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for (name, control_id, mode) in [
+        ("adt_a04.hl7", "APPACK-1", "AL"),
+        ("adt_a08.hl7", "APPACK-2", "NE"),
+        ("err_missing_pid3.hl7", "APPACK-3", "ER"),
+        ("adt_a08.hl7", "APPACK-4", "ER"),
+        ("adt_a01.hl7", "APPACK-5", "SU"),
+    ] {
+        let accept = send(&mut stream, &enhanced(name, control_id, mode)).expect("an accept ACK");
+        assert_eq!(field(&accept, "MSA", 1).as_deref(), Some("CA"), "{}", String::from_utf8_lossy(&accept));
+    }
+    let mut acks = Vec::new();
+    for _ in 0..3 {
+        let ack = received.recv_timeout(DEADLINE).expect("an application ACK reaches the EHR");
+        acks.push(ack);
+    }
+    // Delivery is in order per destination, so APPACK-2 (NE) and APPACK-4 (ER, converted) would have arrived
+    // between these had they been sent.
+    let summary: Vec<(String, String)> =
+        acks.iter().map(|a| (field(a, "MSA", 1).unwrap_or_default(), field(a, "MSA", 2).unwrap_or_default())).collect();
+    assert_eq!(
+        summary,
+        [("AA".into(), "APPACK-1".into()), ("AE".into(), "APPACK-3".into()), ("AA".into(), "APPACK-5".into())]
+    );
+    let error = &acks[1];
+    assert_eq!(field(error, "MSH", 9).as_deref(), Some("ACK^A04^ACK"));
+    assert_eq!(field(error, "MSH", 5).as_deref(), Some("EPIC"));
+    let err = field(error, "ERR", 2).expect("ERR-2 error location (2.5.1)");
+    assert!(err.starts_with("PID^1^3"), "{err}");
+    assert!(field(error, "ERR", 3).is_some_and(|c| c.starts_with("101")), "required field missing");
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}
