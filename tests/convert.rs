@@ -234,6 +234,27 @@ fn conversion_and_normalization(db_url: &str) {
         (c["verificationStatus"]["coding"][0]["code"] == "entered-in-error").then_some(())
     });
 
+    // A questionnaire of no supported instrument is stored as sent, derives nothing, and is counted for operators.
+    let unknown = json!({
+        "resourceType": "QuestionnaireResponse", "status": "completed",
+        "questionnaire": "http://example.org/Questionnaire/local-intake",
+        "subject": {"reference": rest_subject},
+        "item": [{"linkId": "1", "answer": [{"valueString": "free text"}]}]
+    });
+    let (status, _, body) = http(http_addr, "POST", "/fhir/QuestionnaireResponse", Some(&unknown.to_string()));
+    assert_eq!(status, 201, "{body}");
+    let unknown_id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+    wait_for("the unknown instrument to be reported", || {
+        let (_, _, metrics) = http(http_addr, "GET", "/metrics", None);
+        metrics
+            .lines()
+            .any(|l| l.starts_with("normalization_total{") && l.contains("unsupported_instrument"))
+            .then_some(())
+    });
+    let derived = search(http_addr, &format!("Observation?derived-from=QuestionnaireResponse/{unknown_id}"));
+    assert!(derived.is_empty(), "{derived:?}");
+    assert_eq!(get_json(http_addr, &format!("/fhir/QuestionnaireResponse/{unknown_id}"))["item"], unknown["item"]);
+
     let (_, _, metrics) = http(http_addr, "GET", "/metrics", None);
     for expected in ["conversion_total{", "outcome=\"failed\"", "normalization_total{", "conversion_duration_seconds"] {
         assert!(metrics.contains(expected), "metrics lack {expected:?}");

@@ -184,8 +184,13 @@ async fn refresh_statistics(store: store::Store, shutdown: CancellationToken) {
                 if !due {
                     continue;
                 }
+                let started = tokio::time::Instant::now();
                 match store.refresh_statistics().await {
-                    Ok(()) => analyzed_at = Some((written, tokio::time::Instant::now())),
+                    Ok(()) => {
+                        analyzed_at = Some((written, tokio::time::Instant::now()));
+                        metrics::histogram!("store_maintenance_seconds", "task" => "statistics").record(started.elapsed());
+                        log_if_slow("planner statistics refreshed", started.elapsed(), written);
+                    }
                     Err(e) => tracing::warn!(error = %e, "refreshing planner statistics failed"),
                 }
             }
@@ -204,11 +209,24 @@ async fn checkpoint(store: store::Store, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {
-                if let Err(e) = store.checkpoint().await {
-                    tracing::debug!(error = %e, "WAL checkpoint skipped");
+                let started = tokio::time::Instant::now();
+                match store.checkpoint().await {
+                    Ok(()) => {
+                        metrics::histogram!("store_maintenance_seconds", "task" => "checkpoint").record(started.elapsed());
+                        log_if_slow("WAL checkpoint", started.elapsed(), 0);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "WAL checkpoint skipped"),
                 }
             }
         }
+    }
+}
+
+/// Background store maintenance that takes long competes with requests for the disk and the writer: operators
+/// see each such run in the log (writes and reads stalling at the same moment point here).
+fn log_if_slow(what: &'static str, took: Duration, versions: i64) {
+    if took >= Duration::from_millis(500) {
+        tracing::warn!(took_ms = took.as_millis() as u64, versions, "{what} took long");
     }
 }
 

@@ -47,6 +47,12 @@ fn describe_metrics() {
     describe_gauge!("process_uptime_seconds", "Seconds since the process started");
     describe_counter!("http_requests_total", "HTTP requests answered, by method, route template and status");
     describe_histogram!("http_request_duration_seconds", "HTTP request latency, by method, route template and status");
+    describe_histogram!(
+        "store_maintenance_seconds",
+        "Duration of background store maintenance: WAL checkpoints and planner statistics refreshes, by task"
+    );
+    describe_histogram!("fhir_create_batch_size", "FHIR creates committed together in one transaction (group commit)");
+    describe_histogram!("fhir_create_commit_seconds", "Duration of one group commit of FHIR creates");
     describe_gauge!("db_pool_connections", "Database pool connections, by pool and state (idle, busy)");
     describe_gauge!("db_pool_max_connections", "Database pool size limit, by pool");
     describe_gauge!("db_up", "1 when the database answered the last scrape's queries, else 0");

@@ -265,10 +265,12 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
         .busy_timeout(options.acquire_timeout)
         .pragma("temp_store", "memory")
         .pragma("cache_size", "-16000")
-        // A safety net only (1 GiB of WAL): `Store::checkpoint`, run every second in the background, checkpoints
-        // long before this. A commit that crosses the threshold checkpoints in line, copying the whole WAL into
-        // the database file while every other writer waits; on a multi-gigabyte database that took seconds.
-        .pragma("wal_autocheckpoint", "262144");
+        // `Store::checkpoint`, run every second on a reader, copies committed pages into the database file off the
+        // write path; but under continuous writes it never catches up completely, and only a complete checkpoint
+        // lets the WAL restart from its beginning. So the writer still checkpoints once the WAL passes 16 MiB: by
+        // then the background pass has copied almost everything, the writer finishes the rest, and the WAL stays
+        // small instead of growing to gigabytes (which slows every read that has to consult it).
+        .pragma("wal_autocheckpoint", "4096");
     let path = base.get_filename();
     if path != std::path::Path::new(":memory:")
         && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())

@@ -27,8 +27,10 @@ pub enum NormalizeOutcome {
         unchanged: usize,
         retracted: usize,
     },
-    /// Not a supported instrument, still in progress, or the QR never existed: nothing to derive.
+    /// Still in progress, or the QR never existed: nothing to derive.
     Skipped,
+    /// Stored as sent, but no supported instrument recognised: nothing derived, counted and logged for operators.
+    Unsupported,
 }
 
 #[derive(serde::Deserialize)]
@@ -63,6 +65,7 @@ pub(super) async fn run_job(store: &Store, job: Job) {
             let label = match &outcome {
                 NormalizeOutcome::Normalized { .. } => "normalized",
                 NormalizeOutcome::Skipped => "skipped",
+                NormalizeOutcome::Unsupported => "unsupported_instrument",
             };
             metrics::counter!("normalization_total", "outcome" => label).increment(1);
             metrics::histogram!("normalization_duration_seconds", "outcome" => label).record(started.elapsed());
@@ -79,6 +82,11 @@ pub(super) async fn run_job(store: &Store, job: Job) {
                 NormalizeOutcome::Skipped => {
                     tracing::debug!(resource_type = QR, id = %payload.id, "nothing to normalize")
                 }
+                NormalizeOutcome::Unsupported => tracing::info!(
+                    resource_type = QR,
+                    id = %payload.id,
+                    "questionnaire response of no supported screening instrument; stored, not normalized"
+                ),
             }
         }
         Err(Failure::Input(e)) => {
@@ -131,7 +139,9 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
         Ok(None) => {
             tx.complete_job(job).await?;
             tx.commit().await?;
-            return Ok(NormalizeOutcome::Skipped);
+            // In-progress responses are not screenings yet; anything else here is an instrument we do not know.
+            let in_progress = qr.get("status").and_then(Value::as_str) == Some("in-progress");
+            return Ok(if in_progress { NormalizeOutcome::Skipped } else { NormalizeOutcome::Unsupported });
         }
         Err(e) => return Err(Failure::Input(e)),
     };
