@@ -152,7 +152,11 @@ impl Store {
                 other => StoreError::Migration(other.to_string()),
             },
             other => StoreError::Migration(other.to_string()),
-        })
+        })?;
+        if let Pools::Sqlite { write, .. } = &self.inner.pools {
+            install_sqlite_statistics(write).await?;
+        }
+        Ok(())
     }
 
     /// A round trip to the database, for readiness checks.
@@ -185,24 +189,18 @@ impl Store {
         }
     }
 
-    /// Refreshes the query planner's statistics. Without them SQLite plans a search's `EXISTS` probes on the
-    /// low-selectivity index (e.g. every `category=survey` row) and a search costs O(stored resources). Bounded by
-    /// `analysis_limit`, so it takes milliseconds; PostgreSQL's autovacuum keeps its own statistics.
+    /// Refreshes the query planner's statistics on PostgreSQL, whose search plans depend on them. Autovacuum
+    /// analyzes too, but only after a threshold of changed rows and on its own schedule, so a bulk load searched at
+    /// once would be planned with the empty tables' statistics; `ANALYZE` samples and does not block writers.
+    /// SQLite keeps the fixed statistics installed by [`Store::migrate`] (see `install_sqlite_statistics`).
     pub async fn refresh_statistics(&self) -> Result<()> {
-        match &self.inner.pools {
-            Pools::Sqlite { write, .. } => {
-                sqlx::raw_sql("PRAGMA analysis_limit = 1000; ANALYZE;").execute(write).await?;
-            }
-            // Autovacuum analyzes too, but only after a threshold of changed rows and on its own schedule; a bulk
-            // load searched right away would be planned with the empty tables' statistics.
-            Pools::Postgres(pool) => {
-                sqlx::raw_sql(
-                    "ANALYZE resources, search_token, search_string, search_reference, search_date, search_number, \
-                     search_quantity, search_uri",
-                )
-                .execute(pool)
-                .await?;
-            }
+        if let Pools::Postgres(pool) = &self.inner.pools {
+            sqlx::raw_sql(
+                "ANALYZE resources, search_token, search_string, search_reference, search_date, search_number, \
+                 search_quantity, search_uri",
+            )
+            .execute(pool)
+            .await?;
         }
         Ok(())
     }
@@ -250,6 +248,66 @@ impl Store {
     pub async fn job_enqueued(&self) {
         self.inner.job_notify.notified().await
     }
+}
+
+/// Planner statistics for the search tables, in `sqlite_stat1` form ("rows, then rows per distinct prefix"),
+/// describing a large database: about ten resource types, fifty parameters each, and an owner prefix
+/// (`resource_type, id, param`) that names a handful of rows while a value prefix (`resource_type, param, code`) can
+/// name thousands. Without statistics SQLite probes a search's `EXISTS` conditions through the value index and a
+/// search costs O(stored resources); with them it uses the owner index (a search over 1,000,000 Observations:
+/// ~1 ms). They are fixed rather than measured because `ANALYZE` counts every row while holding the one writer
+/// connection (4.2 s at 411,000 stored versions, stalling every write), and the plans only need the proportions,
+/// which do not change as the data grows.
+const SQLITE_STATISTICS: &[(&str, &str, &str)] = &[
+    ("resources", "sqlite_autoindex_resources_1", "1000000 100000 1"),
+    ("resources", "sqlite_autoindex_resources_rowid_1", "1000000 100000 1"),
+    ("resources", "resources_type_updated", "1000000 100000 1"),
+    ("resource_history", "sqlite_autoindex_resource_history_1", "1000000 100000 1 1"),
+    ("resource_history", "resource_history_type_time", "1000000 100000 1"),
+    ("resource_history", "resource_history_time", "1000000 1"),
+    ("search_token", "search_token_owner", "5000000 100000 8 2"),
+    ("search_token", "search_token_value", "5000000 100000 20000 1000 1000 1"),
+    ("search_string", "search_string_owner", "1000000 100000 15 2"),
+    ("search_string", "search_string_value", "1000000 100000 20000 5 1"),
+    ("search_reference", "search_reference_owner", "1000000 100000 2 1 1 1"),
+    ("search_reference", "search_reference_target", "1000000 100000 20000 10 10 1"),
+    ("search_reference", "search_reference_url", "1000000 100000 20000 1000"),
+    ("search_date", "search_date_owner", "500000 100000 1 1"),
+    ("search_date", "search_date_value", "500000 100000 20000 2 2 1"),
+    ("search_number", "search_number_owner", "100000 10000 1 1"),
+    ("search_number", "search_number_value", "100000 10000 2000 2 1"),
+    ("search_quantity", "search_quantity_owner", "100000 10000 1 1"),
+    ("search_quantity", "search_quantity_value", "100000 10000 2000 200 2 1"),
+    ("search_uri", "search_uri_owner", "500000 100000 1 1"),
+    ("search_uri", "search_uri_value", "500000 100000 20000 1000 1"),
+];
+
+/// Installs [`SQLITE_STATISTICS`] for the indexes that exist, replacing any measured ones, and makes every
+/// connection load them (`ANALYZE sqlite_schema` creates `sqlite_stat1` if needed and bumps the schema cookie).
+async fn install_sqlite_statistics(write: &SqlitePool) -> Result<()> {
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("ANALYZE sqlite_schema").execute(&mut *tx).await?;
+    let existing: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'index'").fetch_all(&mut *tx).await?;
+    for (table, index, stat) in SQLITE_STATISTICS {
+        if !existing.iter().any(|e| e == index) {
+            continue;
+        }
+        sqlx::query("DELETE FROM sqlite_stat1 WHERE tbl = $1 AND idx = $2")
+            .bind(table)
+            .bind(index)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ($1, $2, $3)")
+            .bind(table)
+            .bind(index)
+            .bind(stat)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("ANALYZE sqlite_schema").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {

@@ -874,6 +874,18 @@ impl Store {
         with_read_pool!(self, pool => run_search!(query, &compiled, pool))
     }
 
+    /// SQLite's query plan for a search's page query (`EXPLAIN QUERY PLAN` detail lines); empty on PostgreSQL.
+    /// For tests and operators checking that a search is served by the indexes it should be.
+    pub async fn explain_search(&self, query: &SearchQuery) -> Result<Vec<String>> {
+        let compiled = compile_search(query)?;
+        let (Some(sql), crate::Pools::Sqlite { read, .. }) = (&compiled.page_sql, self.pools()) else {
+            return Ok(Vec::new());
+        };
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows = bind_all!(sqlx::query(&explain), &compiled.binds).fetch_all(read).await?;
+        rows.iter().map(|row| Ok(row.try_get::<String, _>("detail")?)).collect()
+    }
+
     /// `_include`: the live resources that the reference `param` of the given `source_type` resources points at,
     /// optionally only those of `target_type`.
     pub async fn included(
