@@ -14,9 +14,15 @@ pub fn derived_id(kind: &str, qr_id: &str, key: &str) -> String {
         h.update(part.as_bytes());
     }
     let digest = h.finalize();
-    let mut out = format!("sdoh-{kind}-");
-    for b in &digest[..16] {
-        out.push_str(&format!("{b:02x}"));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(6 + kind.len() + 32);
+    out.push_str("sdoh-");
+    out.push_str(kind);
+    out.push('-');
+    // Hex by table: this runs for every derivable id of every QR (no per-byte `format!` allocation).
+    for &b in &digest[..16] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     out
 }

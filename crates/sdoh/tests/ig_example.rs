@@ -1,4 +1,6 @@
-//! The IG's own Hunger Vital Sign QR must yield the IG's example Observation (88124-3) and Condition.
+//! The IG's own Hunger Vital Sign QR must yield the IG's example Observation (88124-3) and Condition; the PRAPARE
+//! housing and employment answers behind the IG's PRAPARE examples must yield those Observations and the homeless
+//! Condition.
 
 use std::path::PathBuf;
 
@@ -65,4 +67,53 @@ fn hunger_vital_sign_example_matches_ig_examples() {
         prov["entity"][0]["what"]["reference"],
         "QuestionnaireResponse/SDOHCC-QuestionnaireResponseHungerVitalSignExample"
     );
+}
+
+#[test]
+fn prapare_answers_match_ig_examples() {
+    // conformance/sdoh/ig-prapare-example: the two answers of SDOHCC-QuestionnaireResponsePRAPAREExample that the
+    // IG's PRAPARE Observation examples show (the QR itself is not copied; see conformance/sdoh/README.md).
+    let qr = load("sdoh/ig-prapare-example.input.json");
+    let derived = normalize(&qr, &CTX).unwrap().expect("PRAPARE is supported");
+    assert_eq!(derived.instrument, "prapare");
+    let res = &derived.resources;
+    for (code, example) in [
+        ("71802-3", "fhir/sdoh-cc/SDOHCC-ObservationResponsePRAPAREHousingStatusExample.json"),
+        ("67875-5", "fhir/sdoh-cc/SDOHCC-ObservationResponsePRAPAREEmploymentStatusExample.json"),
+    ] {
+        let ig = load(example);
+        let obs = by_code(res, "Observation", code);
+        for key in [
+            "meta",
+            "status",
+            "category",
+            "code",
+            "subject",
+            "effectiveDateTime",
+            "issued",
+            "performer",
+            "valueCodeableConcept",
+            "derivedFrom",
+        ] {
+            assert_eq!(obs[key], ig[key], "{code} Observation.{key}");
+        }
+        // The IG examples carry no interpretation; the IG's guidance adds POS to answers that signal a need.
+        assert_eq!(obs["interpretation"][0]["coding"][0]["code"], "POS");
+    }
+
+    let ig_cond = load("fhir/sdoh-cc/SDOHCC-ConditionHomelessExample.json");
+    let cond = by_code(res, "Condition", "32911000");
+    for key in ["meta", "clinicalStatus", "verificationStatus", "category", "code", "subject", "onsetPeriod"] {
+        assert_eq!(cond[key], ig_cond[key], "Condition.{key}");
+    }
+    // The IG example names the patient as asserter; a software-derived concern uses the asserter-Device extension.
+    assert!(cond.get("asserter").is_none());
+    let housing = by_code(res, "Observation", "71802-3");
+    assert_eq!(
+        cond["evidence"][0]["detail"],
+        serde_json::json!([{ "reference": format!("Observation/{}", housing["id"].as_str().unwrap()) }])
+    );
+    // Employment raises the IG's ConditionUnemployedExample codes (SNOMED 73438004 + Z56.0).
+    let unemployed = by_code(res, "Condition", "73438004");
+    assert_eq!(unemployed["code"]["coding"][1]["code"], "Z56.0");
 }
