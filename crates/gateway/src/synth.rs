@@ -57,7 +57,22 @@ impl MessageFactory {
         )
     }
 
+    /// The `n`th ORU^R01 Hunger Vital Sign screening on its own patient (`MRN<n>`), with control id
+    /// `<prefix>-<n>`. Unlike [`MessageFactory::next_message`] the caller numbers the messages, so several
+    /// factories (one per connection) fed from one shared counter screen distinct patients, one screening each.
+    pub fn oru_screening(&mut self, n: u64) -> (String, Vec<u8>) {
+        let control_id = format!("{}-{n}", self.prefix);
+        let mut m = self.header(&control_id, "ORU^R01^ORU_R01", n);
+        m.push_str(&self.pid_with_mrn(n, n));
+        self.hvs_order(&mut m, n);
+        (control_id, m.into_bytes())
+    }
+
     fn pid(&mut self, n: u64) -> String {
+        self.pid_with_mrn(n, n % 50_000)
+    }
+
+    fn pid_with_mrn(&mut self, n: u64, mrn: u64) -> String {
         let family = *self.pick(FAMILY);
         let given = *self.pick(GIVEN);
         let (race, race_text) = *self.pick(RACE);
@@ -67,7 +82,6 @@ impl MessageFactory {
         let year = 1940 + n % 70;
         format!(
             "PID|1||MRN{mrn:08}^^^CLINIC^MR||{family}^{given}^Q^^^^L||{year}0{month}1{day}|{sex}||{race}^{race_text}^CDCREC|{street} Main St^^Portland^OR^972{zip:02}^USA^H^^{county}||^PRN^PH^^1^503^555{phone:04}||{lang}^{lang_text}^ISO639|||||||2186-5^Not Hispanic or Latino^CDCREC\r",
-            mrn = n % 50_000,
             month = 1 + n % 9,
             day = n % 9,
             street = 100 + n % 900,
@@ -92,12 +106,17 @@ impl MessageFactory {
     fn oru_hunger_vital_sign(&mut self, control_id: &str, n: u64) -> String {
         let mut m = self.header(control_id, "ORU^R01^ORU_R01", n);
         m.push_str(&self.pid(n));
+        self.hvs_order(&mut m, n);
+        m
+    }
+
+    /// OBR + two OBX rows of a Hunger Vital Sign screening, appended to `m`.
+    fn hvs_order(&mut self, m: &mut String, n: u64) {
         m.push_str(&format!("OBR|1|ORD{n:08}|FIL{n:08}|88121-9^Hunger Vital Sign [HVS]^LN|||20261123080000\r"));
         let (a1, t1) = *self.pick(HVS_ANSWERS);
         let (a2, t2) = *self.pick(HVS_ANSWERS);
         m.push_str(&format!("OBX|1|CWE|88122-7^Within the past 12 months we worried whether our food would run out before we got money to buy more^LN||{a1}^{t1}^LN||||||F|||20261123080000\r"));
         m.push_str(&format!("OBX|2|CWE|88123-5^Within the past 12 months the food we bought just didn't last and we didn't have money to get more^LN||{a2}^{t2}^LN||||||F|||20261123080000\r"));
-        m
     }
 
     fn ref_i12(&mut self, control_id: &str, n: u64) -> String {
@@ -129,5 +148,26 @@ mod tests {
             types.insert(text.split('|').nth(8).unwrap().to_owned());
         }
         assert_eq!(types.len(), 6, "four ADT events, ORU and REF: {types:?}");
+    }
+
+    #[test]
+    fn screenings_are_oru_on_distinct_patients() {
+        let mut a = MessageFactory::new("a", 1);
+        let mut b = MessageFactory::new("b", 2);
+        let mut mrns = std::collections::HashSet::new();
+        for n in 1..=200u64 {
+            let f = if n.is_multiple_of(2) { &mut a } else { &mut b };
+            let (id, bytes) = f.oru_screening(n);
+            assert!(id.ends_with(&format!("-{n}")));
+            let text = String::from_utf8(bytes).unwrap();
+            assert_eq!(text.split('|').nth(8), Some("ORU^R01^ORU_R01"));
+            let pid = text.split('\r').find(|s| s.starts_with("PID|")).unwrap();
+            assert!(mrns.insert(pid.split('|').nth(3).unwrap().to_owned()), "patient repeated at {n}");
+            assert_eq!(text.matches("\rOBX|").count(), 2);
+        }
+        // The mixed stream is unchanged: patient numbers still wrap at 50,000.
+        let mut f = MessageFactory::new("t", 42);
+        let text = String::from_utf8(f.next_message().1).unwrap();
+        assert!(text.contains("PID|1||MRN00000001^^^CLINIC^MR|"));
     }
 }

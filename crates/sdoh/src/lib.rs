@@ -25,8 +25,8 @@
 //! `completed`/`stopped` -> Observation `final`; `amended` -> `corrected` (the profile's required status set has no
 //! `amended`); `entered-in-error` -> every derived resource `entered-in-error` (Condition: verificationStatus
 //! `entered-in-error` and no clinicalStatus, per con-5); `in-progress` -> `Ok(None)`.
-//! [`Derived::retractions`] lists `entered-in-error` versions of every other id the instrument could derive from
-//! this QR; the caller applies one only if that id already exists. A Condition whose domain is no longer at
+//! [`Derived::retractions`] lists every other id the instrument could derive from this QR; where one exists, the
+//! caller replaces it with [`retract`] of the stored resource (the record kept, its status `entered-in-error`). A Condition whose domain is no longer at
 //! risk after an amendment is retracted as `entered-in-error` rather than `resolved`: an amendment corrects the
 //! screening it was derived from (the concern was asserted on wrong data), it does not report that the need went
 //! away — a later screening (a new QR) does that, and gets its own Condition.
@@ -40,4 +40,4 @@ pub mod referral;
 
 pub use ids::derived_id;
 pub use instrument::{DefinitionError, Instrument, Instruments};
-pub use normalize::{Context, Derived, NormalizeError, normalize, normalize_with};
+pub use normalize::{Context, Derived, NormalizeError, Retraction, normalize, normalize_with, retract};

@@ -33,14 +33,47 @@ pub struct Context<'a> {
 pub struct Derived {
     /// Resources to create-or-update (PUT by id): Observations, panel Observation, Conditions, Provenance last.
     pub resources: Vec<Value>,
-    /// `entered-in-error` versions of every other resource this QR could have derived under the instrument
-    /// (an item no longer answered, a domain no longer at risk). Apply each ONLY if a resource with that id already
-    /// exists (an earlier version derived it); otherwise drop it. Kept apart from `resources` because the
-    /// normalizer is pure and cannot know which ids exist, and creating never-derived tombstones would pollute
-    /// `Condition?patient=` searches.
-    pub retractions: Vec<Value>,
+    /// Every other resource this QR could have derived under the instrument (an item no longer answered, a
+    /// domain no longer at risk). Where one exists (an earlier version derived it), replace it with
+    /// [`retract`]`(existing)`; where none exists, there is nothing to do. Ids only, because the normalizer is pure
+    /// and cannot know which exist: building a tombstone for each possible id cost more than all the rest of the
+    /// work (two thirds of the output for PRAPARE), and creating never-derived tombstones would pollute searches.
+    pub retractions: Vec<Retraction>,
     /// Instrument id from its data file (e.g. `hunger-vital-sign`).
     pub instrument: String,
+}
+
+/// A derived resource that this version no longer produces.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retraction {
+    pub resource_type: &'static str,
+    pub id: String,
+}
+
+/// The `entered-in-error` version of a derived resource: an Observation's status, a Condition's verification status
+/// (without clinicalStatus, FHIR con-5). Everything else is kept, so the record shows what was retracted.
+pub fn retract(existing: &Value) -> Value {
+    let mut out = existing.clone();
+    let Some(obj) = out.as_object_mut() else { return out };
+    match obj.get("resourceType").and_then(Value::as_str) {
+        Some("Observation") => {
+            obj.insert("status".into(), json!("entered-in-error"));
+        }
+        Some("Condition") => {
+            obj.remove("clinicalStatus");
+            obj.insert(
+                "verificationStatus".into(),
+                cc(
+                    "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "entered-in-error",
+                    "Entered in Error",
+                ),
+            );
+        }
+        _ => {}
+    }
+    out
 }
 
 /// Why a QuestionnaireResponse could not be normalized. Messages carry element paths and LOINC codes only,
@@ -176,7 +209,7 @@ pub fn normalize_with(qr: &Value, instruments: &Instruments, ctx: &Context) -> R
         produced.push(id);
     }
 
-    let retractions = b.retractions(qr_id, instrument, &produced, ctx);
+    let retractions = b.retractions(qr_id, instrument, &produced);
 
     if !resources.is_empty() {
         let targets: Vec<Value> = resources
@@ -756,45 +789,30 @@ impl Builder<'_> {
         Value::Object(c)
     }
 
-    /// Tombstones for every id the instrument could derive from this QR that this version did not produce.
-    fn retractions(&self, qr_id: &str, instrument: &Instrument, produced: &[String], ctx: &Context) -> Vec<Value> {
+    /// Every id the instrument could derive from this QR that this version did not produce.
+    fn retractions(&self, qr_id: &str, instrument: &Instrument, produced: &[String]) -> Vec<Retraction> {
         let mut out = Vec::new();
-        let push_obs = |key: String, item: &ItemDef, out: &mut Vec<Value>| {
-            let id = derived_id("obs", qr_id, &key);
+        let mut push = |resource_type: &'static str, id: String| {
             if !produced.contains(&id) {
-                out.push(self.observation(&id, item, None, false));
+                out.push(Retraction { resource_type, id });
             }
         };
         for item in &instrument.items {
             if item.repeats {
                 for a in &item.answers {
-                    push_obs(format!("{}/{}", item.code, a.code), item, &mut out);
+                    push("Observation", derived_id("obs", qr_id, &format!("{}/{}", item.code, a.code)));
                 }
             } else {
-                push_obs(item.code.clone(), item, &mut out);
+                push("Observation", derived_id("obs", qr_id, &item.code));
             }
         }
         for item in &instrument.computed {
-            push_obs(item.code.clone(), item, &mut out);
+            push("Observation", derived_id("obs", qr_id, &item.code));
         }
-        let panel_id = derived_id("obs", qr_id, "panel");
-        if !produced.contains(&panel_id) {
-            let domains: Vec<String> = instrument.domains().into_iter().map(str::to_owned).collect();
-            let mut o = self.observation_base(
-                &panel_id,
-                "entered-in-error",
-                &instrument.panel.code,
-                &instrument.panel.display,
-                &domains,
-            );
-            o.insert("derivedFrom".into(), json!([{ "reference": self.qr_ref }]));
-            out.push(Value::Object(o));
-        }
+        push("Observation", derived_id("obs", qr_id, "panel"));
         for domain in instrument.domains() {
-            let Some(codes) = self.instruments.domain(domain).and_then(|d| d.condition.as_ref()) else { continue };
-            let id = derived_id("cond", qr_id, domain);
-            if !produced.contains(&id) {
-                out.push(Value::Object(self.condition_base(&id, domain, codes, true, ctx)));
+            if self.instruments.domain(domain).and_then(|d| d.condition.as_ref()).is_some() {
+                push("Condition", derived_id("cond", qr_id, domain));
             }
         }
         out

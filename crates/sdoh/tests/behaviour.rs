@@ -49,7 +49,7 @@ fn same_input_twice_gives_identical_output() {
 fn ids_are_unique_within_one_derivation() {
     for name in ["ig-hvs-example", "ahc-hrsn-several-domains", "prapare-core"] {
         let d = run(&case(name));
-        let all: Vec<Value> = d.resources.iter().chain(d.retractions.iter()).cloned().collect();
+        let all: Vec<Value> = d.resources.iter().cloned().chain(retraction_keys(&d)).collect();
         assert_eq!(ids(&all).len(), all.len(), "{name}");
     }
 }
@@ -59,14 +59,21 @@ fn amended_version_updates_the_same_resources() {
     let first = run(&case("ig-hvs-example"));
     let amended = run(&case("hvs-amended"));
     let first_ids = ids(&first.resources);
-    let amended_all: Vec<Value> = amended.resources.iter().chain(amended.retractions.iter()).cloned().collect();
+    let amended_all: Vec<Value> = amended.resources.iter().cloned().chain(retraction_keys(&amended)).collect();
     assert!(first_ids.is_subset(&ids(&amended_all)), "every earlier id is updated or retracted");
 
     let cond_id = first.resources.iter().find(|r| r["resourceType"] == "Condition").unwrap()["id"].clone();
     assert!(amended.resources.iter().all(|r| r["resourceType"] != "Condition"));
-    let retracted = amended.retractions.iter().find(|r| r["id"] == cond_id).expect("condition retracted");
+    assert!(
+        amended.retractions.iter().any(|r| r.resource_type == "Condition" && r.id == cond_id),
+        "condition retracted"
+    );
+    let existing = first.resources.iter().find(|r| r["id"] == cond_id).unwrap();
+    let retracted = sdoh::retract(existing);
     assert_eq!(retracted["verificationStatus"]["coding"][0]["code"], "entered-in-error");
     assert!(retracted.get("clinicalStatus").is_none(), "con-5");
+    assert_eq!(retracted["code"], existing["code"], "the record keeps what was retracted");
+    assert_eq!(retracted["evidence"], existing["evidence"]);
 
     for r in amended.resources.iter().filter(|r| r["resourceType"] == "Observation") {
         assert_eq!(r["status"], "corrected");
@@ -99,9 +106,17 @@ fn entered_in_error_retracts_everything() {
             other => panic!("unexpected {other}"),
         }
     }
+    let derived_ids = ids(&eie.resources);
     for r in &eie.retractions {
-        let st = r.get("status").or_else(|| r["verificationStatus"]["coding"].get(0).and_then(|c| c.get("code")));
-        assert_eq!(st, Some(&json!("entered-in-error")));
+        assert!(
+            !derived_ids.contains(&format!("{}/{}", r.resource_type, r.id)),
+            "{} is both derived and retracted",
+            r.id
+        );
+    }
+    let first = run(&case("ig-hvs-example"));
+    for existing in first.resources.iter().filter(|r| r["resourceType"] == "Observation") {
+        assert_eq!(sdoh::retract(existing)["status"], "entered-in-error");
     }
 }
 
@@ -294,4 +309,9 @@ fn builtin_instruments_load() {
     let ids: Vec<&str> = b.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(ids, ["hunger-vital-sign", "ahc-hrsn", "prapare"]);
     assert_eq!(b.domain("food-insecurity").unwrap().display, "Food Insecurity");
+}
+
+/// Retractions as `{resourceType, id}` objects, to compare ids with derived resources.
+fn retraction_keys(d: &sdoh::Derived) -> Vec<Value> {
+    d.retractions.iter().map(|r| json!({"resourceType": r.resource_type, "id": r.id})).collect()
 }

@@ -2,7 +2,8 @@
 
 use crate::ctx::Ctx;
 use crate::datatypes::{
-    address, codeable, contact_point, fixed_concept, hd_key, human_name, identifier, obj, opt, reference, v2_concept,
+    address, codeable, contact_point, fixed_concept, hd_key, human_name, identifier, obj, object, opt, reference,
+    v2_concept,
 };
 use crate::error::ConversionError;
 use crate::ids::resource_id;
@@ -129,10 +130,9 @@ fn encounter(
             let name = human_name(&p, 1);
             let display_name = name.as_ref().map(display_of);
             if let Some(n) = display_name {
-                participants.push(json!({
-                    "type": [fixed_concept("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", code, Some(display))],
-                    "individual": {"display": n}
-                }));
+                let ty =
+                    fixed_concept("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", code, Some(display));
+                participants.push(object([("type", Value::Array(vec![ty])), ("individual", json!({"display": n}))]));
             }
         }
     }
@@ -257,7 +257,7 @@ fn coverage(ctx: &mut Ctx<'_>, in1: &Seg<'_>, patient_ref: &str) -> Result<(), C
         ("beneficiary", reference(patient_ref)),
         ("relationship", relationship.unwrap_or(Value::Null)),
         ("period", obj(vec![("start", opt(start)), ("end", opt(end))])),
-        ("payor", json!([reference(&payer_ref)])),
+        ("payor", Value::Array(vec![reference(&payer_ref)])),
         ("class", Value::Array(class)),
     ]);
     ctx.push(cov);

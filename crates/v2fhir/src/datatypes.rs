@@ -23,6 +23,12 @@ pub(crate) fn obj(pairs: Vec<(&str, Value)>) -> Value {
     Value::Object(m)
 }
 
+/// A JSON object of exactly these pairs (nulls and empties kept). Unlike `json!`, values that are already
+/// `Value`s are moved in rather than serialized again.
+pub(crate) fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
 /// Option<String> as JSON (null when absent).
 pub(crate) fn opt(s: Option<String>) -> Value {
     s.map_or(Value::Null, Value::String)
@@ -78,7 +84,12 @@ pub(crate) fn codeable(p: &Parts<'_>) -> Option<Value> {
 
 /// CodeableConcept with one coding in a fixed system (used for HL7-defined tables).
 pub(crate) fn fixed_concept(system: &str, code: &str, display: Option<&str>) -> Value {
-    json!({"coding": [obj(vec![("system", json!(system)), ("code", json!(self::code(code))), ("display", display.map_or(Value::Null, |d| json!(d)))])]})
+    let coding = obj(vec![
+        ("system", Value::String(system.to_owned())),
+        ("code", Value::String(self::code(code))),
+        ("display", display.map_or(Value::Null, |d| Value::String(d.to_owned()))),
+    ]);
+    object([("coding", Value::Array(vec![coding]))])
 }
 
 /// CodeableConcept for a code from HL7 v2 table `table`. The terminology.hl7.org system is used only for codes

@@ -20,8 +20,10 @@ pub(crate) fn resource_id(resource_type: &str, parts: &[&str]) -> String {
     let digest = h.finalize();
     let mut id = String::with_capacity(35);
     id.push_str("v2-");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in &digest[..16] {
-        id.push_str(&format!("{b:02x}"));
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     id
 }

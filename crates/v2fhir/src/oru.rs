@@ -1,7 +1,7 @@
 //! ORU^R01: DiagnosticReport + Observations per OBR, and screening instruments as QuestionnaireResponses.
 
 use crate::ctx::Ctx;
-use crate::datatypes::{codeable, ei_identifier, ei_key, fixed_concept, obj, opt, reference, v2_concept};
+use crate::datatypes::{codeable, ei_identifier, ei_key, fixed_concept, obj, object, opt, reference, v2_concept};
 use crate::error::ConversionError;
 use crate::ids::resource_id;
 use crate::patient::{patient, pid};
@@ -226,9 +226,9 @@ fn answers(ctx: &mut Ctx<'_>, obx: &Seg<'_>) -> Result<Vec<Value>, ConversionErr
     for p in obx.reps(5) {
         let a = match ty.as_str() {
             "CE" | "CWE" | "CNE" => match codeable(&p) {
-                Some(c) => match c["coding"].get(0) {
-                    Some(coding) => json!({"valueCoding": coding}),
-                    None => json!({"valueString": c["text"]}),
+                Some(mut c) => match c.get_mut("coding").and_then(|a| a.get_mut(0)).map(Value::take) {
+                    Some(coding) => object([("valueCoding", coding)]),
+                    None => object([("valueString", c["text"].take())]),
                 },
                 None => continue,
             },
@@ -430,7 +430,14 @@ fn structured_numeric(
 ) -> Result<Option<(&'static str, Value)>, ConversionError> {
     let bad = |r: &str| ConversionError::invalid(loc, r);
     let cmp = p.s(1);
+    // Anything else in SN-1, or no first number, is not a structured numeric: refused rather than kept as text.
+    if cmp.as_deref().is_some_and(|c| !matches!(c, "<" | ">" | "<=" | ">=" | "=" | "<>")) {
+        return Err(bad("SN-1 is not a comparator (<, >, <=, >=, =, <>)"));
+    }
     let n1 = p.s(2).map(|s| number(&s).ok_or_else(|| bad("SN-2 is not a number"))).transpose()?;
+    if n1.is_none() {
+        return Err(bad("SN-2 (the number) is missing"));
+    }
     let sep = p.s(3);
     let n2 = p.s(4).map(|s| number(&s).ok_or_else(|| bad("SN-4 is not a number"))).transpose()?;
     match (sep.as_deref(), n1, n2) {

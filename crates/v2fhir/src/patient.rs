@@ -2,7 +2,7 @@
 
 use crate::ctx::Ctx;
 use crate::datatypes::{
-    address, codeable, contact_point, fixed_concept, hd_key, human_name, identifier, obj, reference, v2_concept,
+    address, codeable, contact_point, fixed_concept, hd_key, human_name, identifier, obj, object, reference, v2_concept,
 };
 use crate::error::ConversionError;
 use crate::ids::resource_id;
@@ -97,7 +97,7 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, organization: Option<&st
     let communication: Vec<Value> = pid
         .first(15)
         .and_then(|p| codeable(&p))
-        .map(|language| json!({"language": language, "preferred": true}))
+        .map(|language| object([("language", language), ("preferred", Value::Bool(true))]))
         .into_iter()
         .collect();
     let multiple_birth = match (pid.text(25).and_then(|n| n.parse::<u32>().ok()), pid.text(24).as_deref()) {
@@ -188,8 +188,9 @@ fn race_ethnicity(ctx: &mut Ctx<'_>, pid: &Seg<'_>, field: usize, url: &str, omb
     } else {
         texts.join(", ")
     };
-    let mut ext: Vec<Value> = omb.into_iter().map(|c| json!({"url": "ombCategory", "valueCoding": c})).collect();
-    ext.extend(detailed.into_iter().map(|c| json!({"url": "detailed", "valueCoding": c})));
-    ext.push(json!({"url": "text", "valueString": text}));
-    Some(json!({"url": url, "extension": ext}))
+    let mut ext: Vec<Value> =
+        omb.into_iter().map(|c| object([("url", json!("ombCategory")), ("valueCoding", c)])).collect();
+    ext.extend(detailed.into_iter().map(|c| object([("url", json!("detailed")), ("valueCoding", c)])));
+    ext.push(object([("url", json!("text")), ("valueString", Value::String(text))]));
+    Some(object([("url", json!(url)), ("extension", Value::Array(ext))]))
 }

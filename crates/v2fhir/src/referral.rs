@@ -61,7 +61,10 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, trigger: &str) -> Result<(), Conversion
             None => ctx.msh().map(|m| ctx.date_time(&m, 7)).transpose()?.flatten(),
         },
     };
-    let requester = requester.or_else(|| org.clone());
+    // SDOHCC-TaskForReferralManagement requires requester (PractitionerRole or Organization) and authoredOn: a
+    // referral without either is refused rather than stored as a Task that does not conform.
+    let requester = requester.or_else(|| org.clone()).ok_or_else(|| ConversionError::missing("PRD-1"))?;
+    let authored = authored.ok_or_else(|| ConversionError::missing(rf1.loc(9)))?;
     let sr_id = resource_id("ServiceRequest", &[&ref_ns, &ref_value]);
     let sr = obj(vec![
         ("resourceType", json!("ServiceRequest")),
@@ -75,8 +78,8 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, trigger: &str) -> Result<(), Conversion
         ("code", code),
         ("subject", reference(&patient_ref)),
         ("occurrencePeriod", obj(vec![("start", opt(start)), ("end", opt(end))])),
-        ("authoredOn", opt(authored.clone())),
-        ("requester", requester.as_deref().map_or(Value::Null, reference)),
+        ("authoredOn", json!(authored)),
+        ("requester", reference(&requester)),
         ("performer", Value::Array(performer.as_deref().map(reference).into_iter().collect())),
         ("reasonCode", Value::Array(reasons)),
     ]);
@@ -85,9 +88,6 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, trigger: &str) -> Result<(), Conversion
     // I12 opens the referral; I14 carries the referred-to party's answer in RF1-1.
     let task_status =
         if trigger == "I14" { lookup_str("0283Task", &status_code).unwrap_or("requested") } else { "requested" };
-    if requester.is_none() {
-        ctx.warn("PRD-1 no referring provider (RP) and no MSH-4 sending facility; Task requester missing");
-    }
     let task = obj(vec![
         ("resourceType", json!("Task")),
         ("id", json!(resource_id("Task", &[&ref_ns, &ref_value]))),
@@ -101,8 +101,8 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, trigger: &str) -> Result<(), Conversion
         ),
         ("focus", reference(&sr_ref)),
         ("for", reference(&patient_ref)),
-        ("authoredOn", opt(authored)),
-        ("requester", requester.as_deref().map_or(Value::Null, reference)),
+        ("authoredOn", json!(authored)),
+        ("requester", reference(&requester)),
         ("owner", performer.as_deref().map_or(Value::Null, reference)),
     ]);
     ctx.push(task);

@@ -12,6 +12,19 @@ pub(crate) fn clean(v: Value<'_>) -> Option<String> {
     (!t.is_empty()).then(|| t.to_owned())
 }
 
+/// True when `clean` would give `None`, without building the string.
+fn blank(v: Value<'_>) -> bool {
+    if v.is_empty() || v.is_null() {
+        return true;
+    }
+    // Raw bytes that are all ASCII whitespace decode to whitespace only (escape sequences start with a
+    // non-space delimiter); anything else needs the decoded text.
+    if v.raw().iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    v.text().trim().is_empty()
+}
+
 /// The parts of one composite value: the components of a repetition, or the subcomponents of a component
 /// (a composite nested as a component, such as CX-4 HD).
 #[derive(Debug, Clone)]
@@ -46,8 +59,8 @@ impl<'a> Parts<'a> {
     /// True when no part has text.
     pub fn is_blank(&self) -> bool {
         match self {
-            Parts::Comps(c) => c.iter().all(|c| clean(c.value()).is_none()),
-            Parts::Subs(s) => s.iter().all(|s| clean(s.value()).is_none()),
+            Parts::Comps(c) => c.iter().all(|c| blank(c.value())),
+            Parts::Subs(s) => s.iter().all(|s| blank(s.value())),
         }
     }
 }
@@ -84,7 +97,7 @@ impl<'a> Seg<'a> {
 
     /// First non-blank repetition of field `n`.
     pub fn first(&self, n: usize) -> Option<Parts<'a>> {
-        self.reps(n).into_iter().next()
+        self.field(n)?.repetitions().map(Parts::of).find(|p| !p.is_blank())
     }
 
     /// The segment with its occurrence, e.g. `OBX[3]`, for naming a whole row in warnings.

@@ -37,6 +37,17 @@ struct Args {
     /// Print the report as one JSON object
     #[arg(long)]
     json: bool,
+    /// Which messages to send: `mixed` (ADT, screening ORU and REF as a clinic interface sends them) or
+    /// `oru-screening` (only ORU^R01 Hunger Vital Sign screenings, each on its own patient MRN<n>, n = 1..messages
+    /// across all connections)
+    #[arg(long, value_enum, default_value_t = Kind::Mixed)]
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    Mixed,
+    OruScreening,
 }
 
 /// A sent frame awaiting its ACK: when it was sent, and the message's idempotency key (app, facility, control id).
@@ -66,8 +77,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for conn in 0..args.connections {
         let (next, tally, prefix) = (next.clone(), tally.clone(), prefix.clone());
         let (addr, total, rate, pipeline) = (args.mllp.clone(), args.messages, args.rate, args.pipeline.max(1));
+        let kind = args.kind;
         tasks.spawn(async move {
-            if let Err(e) = connection(conn, &addr, &prefix, total, rate, pipeline, started, next, tally.clone()).await
+            if let Err(e) =
+                connection(conn, &addr, &prefix, kind, total, rate, pipeline, started, next, tally.clone()).await
             {
                 eprintln!("connection {conn}: {e}");
                 tally.lock().await.errors += 1;
@@ -88,6 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let answered = tally.latencies_us.len() as u64;
     let throughput = answered as f64 / elapsed.as_secs_f64();
     let mut report = serde_json::json!({
+        "kind": format!("{:?}", args.kind),
         "connections": args.connections,
         "pipeline": args.pipeline,
         "target_rate": args.rate,
@@ -120,6 +134,7 @@ async fn connection(
     conn: usize,
     addr: &str,
     prefix: &str,
+    kind: Kind,
     total: u64,
     rate: u64,
     pipeline: usize,
@@ -177,7 +192,10 @@ async fn connection(
             tokio::time::sleep_until(due.into()).await;
         }
         window.acquire().await?.forget();
-        let (control_id, message) = factory.next_message();
+        let (control_id, message) = match kind {
+            Kind::Mixed => factory.next_message(),
+            Kind::OruScreening => factory.oru_screening(i + 1),
+        };
         let header = hl7v2::Message::parse(&message).map(|m| m.header()).map_err(|e| anyhow::anyhow!("{e}"))?;
         in_flight.lock().expect("queue").push_back((
             Instant::now(),

@@ -155,8 +155,16 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
             Upsert::Kept => {}
         }
     }
+    // Resources an earlier version derived and this one does not are marked entered-in-error; ids never derived
+    // (most of the list) cost one indexed read each and write nothing.
     for retraction in derived.retractions {
-        if upsert(&mut tx, retraction, false, true).await? == Upsert::Written {
+        let Some(existing) = tx.read(retraction.resource_type, &retraction.id).await?.filter(|c| !c.deleted) else {
+            continue;
+        };
+        let Some(content) = existing.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()) else {
+            continue;
+        };
+        if upsert(&mut tx, sdoh::retract(&content), false, true).await? == Upsert::Written {
             retracted += 1;
         }
     }
