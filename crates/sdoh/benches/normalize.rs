@@ -12,6 +12,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sdoh::{Context, normalize};
 use serde_json::Value;
 
+/// The allocator the `sdoh-gateway` binary runs normalization with, so the figure is the gateway's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CTX: Context<'static> = Context { recorded: "2026-01-01T00:00:00Z", agent: "Device/sdoh-gateway" };
 
 /// A conformance input (`conformance/sdoh/<name>.input.json`) as raw bytes.
