@@ -36,7 +36,10 @@ trap cleanup EXIT
 "$target/release/sdoh-gateway" --database-url "$url" --http-listen "127.0.0.1:$http_port" \
   --mllp-listen "127.0.0.1:$mllp_port" --log-level warn serve 2>"$work/gateway.log" &
 gw=$!
-until curl -sf "http://127.0.0.1:$http_port/health/ready" >/dev/null; do sleep 0.05; done
+until curl -sf "http://127.0.0.1:$http_port/health/ready" >/dev/null; do
+  kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+  sleep 0.05
+done
 ( peak=0
   while kill -0 "$gw" 2>/dev/null; do
     rss=$(awk '/VmRSS/ {print $2}' /proc/$gw/status 2>/dev/null || echo 0)

@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${1:?sqlite or postgres}; shift
-cargo build --release --bin sdoh-gateway --bin sdoh-load >/dev/null 2>&1
+# BENCH_NO_BUILD=1 reuses the binaries already built under ${CARGO_TARGET_DIR:-target}.
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bin sdoh-gateway --bin sdoh-load >/dev/null 2>&1
+target=${CARGO_TARGET_DIR:-target}
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http_port=$(free_port); mllp_port=$(free_port)
@@ -26,10 +28,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-target/release/sdoh-gateway --database-url "$url" --http-listen "127.0.0.1:$http_port" \
+"$target/release/sdoh-gateway" --database-url "$url" --http-listen "127.0.0.1:$http_port" \
   --mllp-listen "127.0.0.1:$mllp_port" --log-level warn serve 2>"$work/gateway.log" &
 gw=$!
-until curl -sf "http://127.0.0.1:$http_port/health/ready" >/dev/null; do sleep 0.05; done
+until curl -sf "http://127.0.0.1:$http_port/health/ready" >/dev/null; do
+  kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+  sleep 0.05
+done
 peak=0
 ( while kill -0 "$gw" 2>/dev/null; do
     rss=$(awk '/VmRSS/ {print $2}' /proc/$gw/status 2>/dev/null || echo 0)
@@ -37,7 +42,7 @@ peak=0
     sleep 0.2
   done ) &
 sampler=$!
-target/release/sdoh-load --mllp "127.0.0.1:$mllp_port" --verify-database "$url" --json "$@"
+"$target/release/sdoh-load" --mllp "127.0.0.1:$mllp_port" --verify-database "$url" --json "$@"
 kill "$sampler" 2>/dev/null || true
 echo "{\"backend\":\"$backend\",\"gateway_peak_rss_kb\":$(cat "$work/peak" 2>/dev/null || echo 0)}"
 curl -s "http://127.0.0.1:$http_port/metrics" | grep -E '^ingest_(group_commit_batch_size|commit_duration_seconds)_(sum|count)' || true

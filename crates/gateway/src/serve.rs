@@ -44,8 +44,10 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut mllp_addr = None;
     let mut commit_tasks = None;
     let mut mllp_task = None;
+    let mut ingest_activity = None;
     if config.mllp.enabled {
         let (committer, tasks) = GroupCommitter::spawn(store.clone(), commit_settings(&config, store.backend()));
+        ingest_activity = Some(committer.activity());
         let policy = AcceptPolicy::new(&config.ingest.accepted_message_types, &config.ingest.accepted_processing_ids);
         let service = Arc::new(IngestService::new(committer, policy));
         let server = mllp::Server::bind(config.mllp.listen, listener_config(&config))
@@ -58,7 +60,12 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
 
     // Background workers (conversion, normalization) start after migrations and stop after their current job.
-    let mut worker_tasks = crate::worker::spawn(store.clone(), worker_settings(&config), shutdown.clone()).await;
+    let mut settings = worker_settings(&config);
+    // SQLite has one writer for ingest and workers alike; PostgreSQL commits them concurrently.
+    if store.backend() == store::BackendKind::Sqlite {
+        settings.ingest = ingest_activity;
+    }
+    let mut worker_tasks = crate::worker::spawn(store.clone(), settings, shutdown.clone()).await;
     // Outbound HL7 v2 (application acknowledgments) is delivered in order per destination, retried until ACKed.
     let outbound_task = crate::outbound::spawn(store.clone(), &config.outbound, shutdown.clone())
         .context("cannot start outbound HL7 v2 delivery")?;
@@ -140,6 +147,7 @@ fn worker_settings(config: &GatewayConfig) -> crate::worker::WorkerSettings {
         poll_interval: Duration::from_millis(config.workers.poll_interval_ms.max(10)),
         max_attempts: config.workers.max_attempts,
         routes: config.outbound.enabled.then(|| crate::outbound::Routes::new(&config.outbound)),
+        ingest: None,
     }
 }
 

@@ -53,6 +53,7 @@ pub(super) async fn run_job(store: &Store, mut job: Job, settings: &WorkerSettin
             tracing::warn!(job_id = job.id, error = %e, "conversion job lease lost; leaving it to its new holder");
             return;
         }
+        settings.give_way().await;
         let last = i + 1 == ids.len();
         match convert_entry(store, id, last.then_some(&job), settings.routes.as_ref()).await {
             Ok(_) => {}

@@ -29,6 +29,20 @@ pub struct WorkerSettings {
     pub max_attempts: i32,
     /// Where application acknowledgments go (`[outbound]` destinations); `None` sends none.
     pub routes: Option<crate::outbound::Routes>,
+    /// On SQLite, workers give way to messages waiting for their journal commit (one writer for both).
+    pub ingest: Option<crate::ingest::commit::IngestActivity>,
+}
+
+/// Longest a worker waits for ingest to go idle before taking its turn at the writer anyway.
+const GIVE_WAY_AT_MOST: Duration = Duration::from_millis(250);
+
+impl WorkerSettings {
+    /// Waits (bounded) while ingest has messages waiting for the writer.
+    pub(crate) async fn give_way(&self) {
+        if let Some(ingest) = &self.ingest {
+            ingest.wait_idle(GIVE_WAY_AT_MOST).await;
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -39,6 +53,7 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(500),
             max_attempts: 10,
             routes: None,
+            ingest: None,
         }
     }
 }
@@ -84,6 +99,7 @@ async fn run(kind: Kind, n: usize, store: Store, settings: WorkerSettings, shutd
         if shutdown.is_cancelled() {
             break;
         }
+        settings.give_way().await;
         match store.claim(kind.queue(), 1, settings.lease).await {
             Ok(jobs) if !jobs.is_empty() => {
                 for job in jobs {
