@@ -21,32 +21,8 @@ cd "$(dirname "$0")/.."
 backend=${1:?sqlite or postgres}; shift
 n=20000
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then n=$1; shift; fi
-[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bin sdoh-gateway --bin sdoh-load >/dev/null 2>&1
-target=${CARGO_TARGET_DIR:-target}
-work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-http_port=$(free_port); mllp_port=$(free_port)
-case "$backend" in
-  sqlite) url="sqlite:$work/gateway.db" ;;
-  postgres)
-    schema="bench_convert_$$"
-    psql -q -o /dev/null -h 127.0.0.1 -U postgres -d test -c "DROP SCHEMA IF EXISTS $schema CASCADE; CREATE SCHEMA $schema"
-    url="postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D$schema" ;;
-  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
-esac
-cleanup() {
-  [ -n "${gw:-}" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null || true
-  [ -n "${schema:-}" ] && PGOPTIONS="-c client_min_messages=warning" psql -q -o /dev/null -h 127.0.0.1 -U postgres -d test -c "DROP SCHEMA IF EXISTS $schema CASCADE" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-"$target/release/sdoh-gateway" --database-url "$url" --http-listen "127.0.0.1:$http_port" \
-  --mllp-listen "127.0.0.1:$mllp_port" --log-level warn serve 2>"$work/gateway.log" &
-gw=$!
-until curl -sf "http://127.0.0.1:$http_port/health/ready" >/dev/null; do
-  kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
-  sleep 0.05
-done
+source scripts/lib/gateway-bench.sh
+start_gateway "$backend" bench_convert sdoh-load
 status=0
 python3 - "$backend" "$n" "$http_port" "$mllp_port" "$gw" "$target/release/sdoh-load" "$@" <<'PY' || status=$?
 import json, os, random, subprocess, sys, time, urllib.parse, urllib.request

@@ -133,33 +133,12 @@ impl StoreTx {
     /// Writes a new version of `resource` (which must carry `resourceType` and `id`), setting `meta.versionId` and
     /// `meta.lastUpdated`, and appends it to history.
     pub async fn put(&mut self, mut resource: Value, precondition: Precondition) -> Result<Written> {
-        let resource_type = resource
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .filter(|t| is_valid_type(t))
-            .ok_or_else(|| StoreError::Invalid("resource has no valid resourceType".into()))?
-            .to_owned();
-        let id = resource
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|id| is_valid_id(id))
-            .ok_or_else(|| StoreError::Invalid("resource has no valid id".into()))?
-            .to_owned();
+        let (resource_type, id) = type_and_id(&resource)?;
         let current = self.current(&resource_type, &id).await?;
         check_precondition(&resource_type, &id, current.as_ref(), precondition)?;
         let version_id = current.as_ref().map_or(1, |c| c.version_id + 1);
         let last_updated = next_timestamp(current.as_ref());
-        let meta = resource
-            .as_object_mut()
-            .ok_or_else(|| StoreError::Invalid("resource is not a JSON object".into()))?
-            .entry("meta")
-            .or_insert_with(|| Value::Object(Default::default()));
-        let Some(meta) = meta.as_object_mut() else {
-            return Err(StoreError::Invalid("meta is not a JSON object".into()));
-        };
-        meta.insert("versionId".into(), Value::String(version_id.to_string()));
-        meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
-        let content = serde_json::to_string(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let content = stamp(&mut resource, version_id, last_updated)?;
         let created = current.as_ref().is_none_or(|c| c.deleted);
         self.write_version(&resource_type, &id, version_id, last_updated, current.is_some(), Some(&content)).await?;
         Ok(Written {
@@ -175,7 +154,6 @@ impl StoreTx {
         })
     }
 
-    /// Logically deletes a resource: a new version marked deleted. Returns `None` when there was nothing live to delete.
     /// Writes brand-new resources (ids already assigned, never used before) with two multi-row INSERTs instead of
     /// a read and two writes each: the write path of plain creates, which group commit batches. An id that exists
     /// (even deleted) fails the whole call with a conflict and leaves the transaction unusable; callers retry such
@@ -184,30 +162,9 @@ impl StoreTx {
         const ROWS_PER_INSERT: usize = 200;
         let mut written = Vec::with_capacity(resources.len());
         for mut resource in resources {
-            let resource_type = resource
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .filter(|t| is_valid_type(t))
-                .ok_or_else(|| StoreError::Invalid("resource has no valid resourceType".into()))?
-                .to_owned();
-            let id = resource
-                .get("id")
-                .and_then(Value::as_str)
-                .filter(|id| is_valid_id(id))
-                .ok_or_else(|| StoreError::Invalid("resource has no valid id".into()))?
-                .to_owned();
+            let (resource_type, id) = type_and_id(&resource)?;
             let last_updated = next_timestamp(None);
-            let meta = resource
-                .as_object_mut()
-                .ok_or_else(|| StoreError::Invalid("resource is not a JSON object".into()))?
-                .entry("meta")
-                .or_insert_with(|| Value::Object(Default::default()));
-            let Some(meta) = meta.as_object_mut() else {
-                return Err(StoreError::Invalid("meta is not a JSON object".into()));
-            };
-            meta.insert("versionId".into(), Value::String("1".into()));
-            meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
-            let content = serde_json::to_string(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let content = stamp(&mut resource, 1, last_updated)?;
             written.push(Written {
                 resource: StoredResource {
                     resource_type,
@@ -267,6 +224,7 @@ impl StoreTx {
         Ok(written)
     }
 
+    /// Logically deletes a resource: a new version marked deleted. Returns `None` when there was nothing live to delete.
     pub async fn delete(
         &mut self,
         resource_type: &str,
@@ -339,6 +297,38 @@ impl StoreTx {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The valid `resourceType` and `id` of a resource about to be written.
+fn type_and_id(resource: &Value) -> Result<(String, String)> {
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .filter(|t| is_valid_type(t))
+        .ok_or_else(|| StoreError::Invalid("resource has no valid resourceType".into()))?
+        .to_owned();
+    let id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| is_valid_id(id))
+        .ok_or_else(|| StoreError::Invalid("resource has no valid id".into()))?
+        .to_owned();
+    Ok((resource_type, id))
+}
+
+/// Sets `meta.versionId` and `meta.lastUpdated` and returns the JSON to store.
+fn stamp(resource: &mut Value, version_id: i64, last_updated: Timestamp) -> Result<String> {
+    let meta = resource
+        .as_object_mut()
+        .ok_or_else(|| StoreError::Invalid("resource is not a JSON object".into()))?
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(meta) = meta.as_object_mut() else {
+        return Err(StoreError::Invalid("meta is not a JSON object".into()));
+    };
+    meta.insert("versionId".into(), Value::String(version_id.to_string()));
+    meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
+    serde_json::to_string(resource).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 fn check_precondition(

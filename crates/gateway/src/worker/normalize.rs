@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde_json::Value;
 use store::{HistoryQuery, Job, Store, StoreError, Timestamp};
 
-use super::{Upsert, dead_letter, retry_later, upsert};
+use super::{Upsert, dead_letter, retry_later, same_content, upsert};
 
 /// The gateway as the author of derived resources (Provenance agent, Condition asserter).
 pub const AGENT: &str = "Device/sdoh-gateway";
@@ -158,13 +158,13 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
     // Resources an earlier version derived and this one does not are marked entered-in-error; ids never derived
     // (most of the list) cost one indexed read each and write nothing.
     for retraction in derived.retractions {
-        let Some(existing) = tx.read(retraction.resource_type, &retraction.id).await?.filter(|c| !c.deleted) else {
-            continue;
-        };
-        let Some(content) = existing.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()) else {
-            continue;
-        };
-        if upsert(&mut tx, sdoh::retract(&content), false, true).await? == Upsert::Written {
+        let existing = tx.read(retraction.resource_type, &retraction.id).await?.filter(|c| !c.deleted);
+        let Some(stored) = existing.as_ref().and_then(|c| c.content.as_deref()) else { continue };
+        let Ok(content) = serde_json::from_str::<Value>(stored) else { continue };
+        let retraction = sdoh::retract(&content);
+        // The stored version was just read: write it directly rather than through `upsert`, which reads again.
+        if !same_content(stored, &retraction) {
+            fhir_server::rest::write::put(&mut tx, retraction, store::Precondition::None).await?;
             retracted += 1;
         }
     }
