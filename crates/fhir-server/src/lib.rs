@@ -10,6 +10,7 @@
 //! the store persists with each version and queries in SQL. [`search::matching`] holds the reference semantics of
 //! each parameter type, against which the SQL translation is checked in memory.
 
+pub mod auth;
 pub mod rest;
 pub mod search;
 
