@@ -23,6 +23,23 @@ pub struct GatewayConfig {
     pub ingest: IngestConfig,
     pub fhir: FhirConfig,
     pub outbound: OutboundConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether the FHIR API and the admin endpoints need a bearer token (`sdoh-gateway clients add`). Turn off only
+    /// behind another authenticating layer or for local experiments: every request then acts as the gateway itself.
+    pub required: bool,
+    /// How long a token's answer (valid, or not) is cached; a revocation takes effect within this time.
+    pub cache_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { required: true, cache_secs: 10 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ pub struct AppState {
 pub fn router(
     state: AppState,
     fhir: fhir_server::FhirState,
+    auth: crate::auth::AuthLayer,
     max_body_bytes: usize,
     request_timeout: Duration,
 ) -> Router {
@@ -37,6 +38,7 @@ pub fn router(
         .with_state(state);
     operator_routes
         .nest("/fhir", fhir_server::router(fhir))
+        .layer(middleware::from_fn_with_state(auth, crate::auth::authenticate))
         .layer(middleware::from_fn(record_request))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
 }

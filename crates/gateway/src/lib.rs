@@ -2,6 +2,8 @@
 //! The `sdoh-gateway` binary (`main.rs`) and the load tool (`bin/sdoh-load.rs`) are thin shells around it.
 
 pub mod admin;
+pub mod auth;
+pub mod clients_cli;
 pub mod config;
 pub mod http;
 pub mod ingest;

@@ -1,6 +1,6 @@
-//! The `sdoh-gateway` command: serve, migrate, check-config, messages.
+//! The `sdoh-gateway` command: serve, migrate, check-config, messages, clients.
 
-use gateway::{config, messages_cli, serve, telemetry};
+use gateway::{clients_cli, config, messages_cli, serve, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,9 @@ enum Command {
     /// The HL7 v2 message journal: list, show, reprocess.
     #[command(subcommand)]
     Messages(messages_cli::MessagesCommand),
+    /// API clients (bearer credentials bound to an Organization and a role): add, list, revoke.
+    #[command(subcommand)]
+    Clients(clients_cli::ClientsCommand),
 }
 
 /// Exit status for configuration errors, as for command-line usage errors.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Messages(command) => messages_cli::run(&config, command).await,
+            Command::Clients(command) => clients_cli::run(&config, command).await,
             Command::CheckConfig => unreachable!("handled before the runtime starts"),
         }
     });

@@ -73,9 +73,18 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut fhir = fhir_server::FhirState::new(store.clone(), config.fhir_base_url(http_addr));
     fhir.allow_update_create = config.fhir.allow_update_create;
     fhir.max_body_bytes = config.http.max_body_bytes;
+    let authenticator: Option<std::sync::Arc<dyn crate::auth::Authenticator>> = if config.auth.required {
+        let credentials =
+            crate::auth::ClientCredentials::new(store.clone(), Duration::from_secs(config.auth.cache_secs));
+        Some(std::sync::Arc::new(credentials))
+    } else {
+        tracing::warn!("auth.required is false: the FHIR API and admin endpoints accept unauthenticated requests");
+        None
+    };
     let app = router(
         AppState { store: store.clone(), max_attempts: config.workers.max_attempts },
         fhir,
+        crate::auth::AuthLayer { authenticator },
         config.http.max_body_bytes,
         Duration::from_secs(config.http.request_timeout_secs),
     );

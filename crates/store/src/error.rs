@@ -12,6 +12,17 @@ pub enum StoreError {
     /// The job's lease expired and someone else claimed it; the caller's work must not be committed.
     #[error("the lease on job {job_id} was lost")]
     LeaseLost { job_id: i64 },
+    /// The resource does not exist for the caller: absent, or outside the caller's scope (the two are not told
+    /// apart, so a denial leaks nothing).
+    #[error("{resource_type}/{id} is not known")]
+    NotFound { resource_type: String, id: String },
+    /// The caller's role may not make this change. The text names roles, types and elements, never values.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The change breaks a rule of the workflow (an invalid referral Task transition). The text names statuses and
+    /// elements, never other values.
+    #[error("business rule: {0}")]
+    BusinessRule(String),
     /// The caller handed the store something it cannot store.
     #[error("invalid input: {0}")]
     Invalid(String),

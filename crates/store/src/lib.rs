@@ -4,6 +4,7 @@
 //! readers, so writers queue in-process instead of failing with `SQLITE_BUSY`; PostgreSQL gets one shared pool and
 //! claims jobs with `FOR UPDATE SKIP LOCKED`, so any number of gateway replicas can share one database.
 
+mod access;
 mod error;
 mod jobs;
 mod journal;
@@ -20,6 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
+pub use access::{ApiClient, CLIENT_ROLES, Grant, NewClientCredentials, Scope, is_organization_reference};
 pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};

@@ -48,6 +48,8 @@ pub struct HistoryQuery {
     /// Paging cursor: only versions older than this `seq`.
     pub before_seq: Option<i64>,
     pub limit: u32,
+    /// Whose grants limit the versions listed (by each resource's current grants).
+    pub scope: crate::Scope,
 }
 
 /// The result of a successful write.
@@ -404,6 +406,13 @@ impl Store {
         if let Some(id) = &query.id {
             sql += &format!(" AND id = ${}", next());
             texts.push(id);
+        }
+        // Texts are bound before numbers, so the scope's placeholder comes before the numeric ones.
+        if let Some(org) = query.scope.organization() {
+            let placeholder = format!("${}", next());
+            let condition = crate::access::scope_condition(&query.scope, "resource_history", &placeholder);
+            sql += &format!(" AND {}", condition.unwrap_or_default());
+            texts.push(org);
         }
         for (op, value) in [(">=", query.since.map(Timestamp::micros)), ("<=", query.until.map(Timestamp::micros))] {
             if let Some(v) = value {

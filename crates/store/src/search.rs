@@ -7,6 +7,7 @@
 
 use sqlx::Row;
 
+use crate::access::scope_condition;
 use crate::resources::row_to_resource;
 use crate::tx::{StoreTx, with_tx_conn};
 use crate::{Result, Store, StoreError, StoredResource, with_read_pool};
@@ -430,6 +431,8 @@ pub struct SearchQuery {
     pub offset: u64,
     /// Also count every match (a second query).
     pub total: bool,
+    /// Whose grants limit the matches.
+    pub scope: crate::Scope,
 }
 
 /// One page of matches, in order, with the total when asked for.
@@ -447,11 +450,13 @@ pub const MAX_INCLUDES: u32 = 1000;
 struct Compiler {
     binds: Vec<Bind>,
     aliases: usize,
+    /// Applied to the resources that chains and `_has` look at too, so they cannot reveal what the scope hides.
+    scope: crate::Scope,
 }
 
 impl Compiler {
     fn new() -> Self {
-        Compiler { binds: Vec::new(), aliases: 0 }
+        Compiler { binds: Vec::new(), aliases: 0, scope: crate::Scope::All }
     }
 
     fn bind(&mut self, b: Bind) -> String {
@@ -536,10 +541,11 @@ impl Compiler {
                 let p = self.text(param);
                 let ty = self.text(target_type);
                 let inner = self.clauses(conds, &t)?;
+                let scoped = self.scoped(&t);
                 format!(
                     "EXISTS (SELECT 1 FROM search_reference {x} JOIN resources {t} ON {t}.resource_type = {x}.target_type \
                      AND {t}.id = {x}.target_id WHERE {owner} AND {x}.param = {p} AND {x}.target_type = {ty} \
-                     AND NOT {t}.deleted AND {inner})"
+                     AND NOT {t}.deleted AND {inner}{scoped})"
                 )
             }
             Cond::Has { source_type, param, conds } => {
@@ -548,13 +554,25 @@ impl Compiler {
                 let st = self.text(source_type);
                 let p = self.text(param);
                 let inner = self.clauses(conds, &s)?;
+                let scoped = self.scoped(&s);
                 format!(
                     "EXISTS (SELECT 1 FROM search_reference {x} JOIN resources {s} ON {s}.resource_type = {x}.resource_type \
                      AND {s}.id = {x}.id WHERE {x}.resource_type = {st} AND {x}.param = {p} \
-                     AND {x}.target_id = {r}.id AND {x}.target_type = {r}.resource_type AND NOT {s}.deleted AND {inner})"
+                     AND {x}.target_id = {r}.id AND {x}.target_type = {r}.resource_type AND NOT {s}.deleted AND {inner}{scoped})"
                 )
             }
         })
+    }
+
+    /// ` AND <grant condition>` on the resources aliased `alias` for a scoped search; empty otherwise.
+    fn scoped(&mut self, alias: &str) -> String {
+        match self.scope.organization().map(str::to_owned) {
+            Some(org) => {
+                let placeholder = self.text(&org);
+                format!(" AND {}", scope_filter(&self.scope.clone(), alias, &placeholder))
+            }
+            None => String::new(),
+        }
     }
 
     /// A clause of same-parameter matches as an uncorrelated `r.id IN (...)`: the database reads the matching ids
@@ -805,6 +823,7 @@ struct CompiledSearch {
 
 fn compile_search(query: &SearchQuery) -> Result<CompiledSearch> {
     let mut c = Compiler::new();
+    c.scope = query.scope.clone();
     let rt = c.text(&query.resource_type);
     let driver = driving_clause(&query.clauses);
     let mut filter = String::new();
@@ -817,6 +836,7 @@ fn compile_search(query: &SearchQuery) -> Result<CompiledSearch> {
         }
     }
     filter += &c.clauses(&rest, "r")?;
+    filter += &c.scoped("r");
     let base = format!("FROM resources r WHERE r.resource_type = {rt} AND NOT r.deleted AND {filter}");
     let count_binds = c.binds.clone();
     let count_sql = format!("SELECT COUNT(*) AS n {base}");
@@ -827,6 +847,11 @@ fn compile_search(query: &SearchQuery) -> Result<CompiledSearch> {
         format!("SELECT {SELECT_COLUMNS} {base} ORDER BY {order} LIMIT {limit} OFFSET {offset}")
     });
     Ok(CompiledSearch { page_sql, binds: c.binds, count_sql, count_binds })
+}
+
+/// The grant condition of a scoped read; callers check the scope has an organization first.
+fn scope_filter(scope: &crate::Scope, alias: &str, placeholder: &str) -> String {
+    scope_condition(scope, alias, placeholder).unwrap_or_else(|| "1 = 1".to_owned())
 }
 
 /// Runs a compiled search on any executor (the read pool, or a transaction's connection).
@@ -890,6 +915,7 @@ impl Store {
     /// optionally only those of `target_type`.
     pub async fn included(
         &self,
+        scope: &crate::Scope,
         source_type: &str,
         source_ids: &[String],
         param: &str,
@@ -902,15 +928,20 @@ impl Store {
         let st = c.text(source_type);
         let p = c.text(param);
         let ids: Vec<String> = source_ids.iter().map(|id| c.text(id)).collect();
-        let mut filter = String::new();
+        let mut target_filter = String::new();
         if let Some(t) = target_type {
-            filter = format!(" AND x.target_type = {}", c.text(t));
+            target_filter = format!(" AND x.target_type = {}", c.text(t));
+        }
+        let mut filter = String::new();
+        if let Some(org) = scope.organization() {
+            let placeholder = c.text(org);
+            filter += &format!(" AND {}", scope_filter(scope, "r", &placeholder));
         }
         let limit = c.bind(Bind::Int(i64::from(MAX_INCLUDES)));
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM resources r WHERE NOT r.deleted AND (r.resource_type, r.id) IN \
              (SELECT x.target_type, x.target_id FROM search_reference x WHERE x.resource_type = {st} \
-             AND x.id IN ({}) AND x.param = {p}{filter}) ORDER BY r.resource_type, r.id LIMIT {limit}",
+             AND x.id IN ({}) AND x.param = {p}{target_filter}){filter} ORDER BY r.resource_type, r.id LIMIT {limit}",
             ids.join(", ")
         );
         self.fetch_resources(&sql, &c.binds).await
@@ -920,6 +951,7 @@ impl Store {
     /// (`(type, id)` pairs).
     pub async fn revincluded(
         &self,
+        scope: &crate::Scope,
         source_type: &str,
         param: &str,
         targets: &[(String, String)],
@@ -943,10 +975,15 @@ impl Store {
                 format!("(x.target_id IN ({}) AND x.target_type = {t})", ids.join(", "))
             })
             .collect();
+        let mut filter = String::new();
+        if let Some(org) = scope.organization() {
+            let placeholder = c.text(org);
+            filter = format!(" AND {}", scope_filter(scope, "r", &placeholder));
+        }
         let limit = c.bind(Bind::Int(i64::from(MAX_INCLUDES)));
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM resources r WHERE r.resource_type = {st} AND NOT r.deleted AND r.id IN \
-             (SELECT x.id FROM search_reference x WHERE x.resource_type = {st} AND x.param = {p} AND ({})) \
+             (SELECT x.id FROM search_reference x WHERE x.resource_type = {st} AND x.param = {p} AND ({})){filter} \
              ORDER BY r.id LIMIT {limit}",
             pairs.join(" OR ")
         );

@@ -5,8 +5,8 @@ mod common;
 use common::TestDb;
 use serde_json::json;
 use store::{
-    Cond, DateCond, IndexEntry, IndexRow, IndexTable, NumberCond, Precondition, RangeOp, SearchQuery, SortBy, SortKey,
-    Store, StringMatch, SystemMatch, UriMatch, ValueTest,
+    Cond, DateCond, IndexEntry, IndexRow, IndexTable, NumberCond, Precondition, RangeOp, Scope, SearchQuery, SortBy,
+    SortKey, Store, StringMatch, SystemMatch, UriMatch, ValueTest,
 };
 
 fn row(param: &str, value: IndexEntry) -> IndexRow {
@@ -192,9 +192,11 @@ async fn every_condition_kind(db: TestDb) {
     assert_eq!(find(&store, "Patient", vec![vec![has]]).await, ["p2"]);
     assert_eq!(find(&store, "Patient", vec![vec![Cond::Id("p2".into()), Cond::Id("zz".into())]]).await, ["p2"]);
 
-    let included = store.included("Observation", &["o1".into(), "o2".into()], "subject", None).await.unwrap();
+    let included =
+        store.included(&Scope::All, "Observation", &["o1".into(), "o2".into()], "subject", None).await.unwrap();
     assert_eq!(included.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["p1", "p2"]);
-    let rev = store.revincluded("Observation", "subject", &[("Patient".into(), "p2".into())]).await.unwrap();
+    let rev =
+        store.revincluded(&Scope::All, "Observation", "subject", &[("Patient".into(), "p2".into())]).await.unwrap();
     assert_eq!(rev.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["o2"]);
 }
 

@@ -15,7 +15,6 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
@@ -24,7 +23,7 @@ use store::{Precondition, StoreTx, StoredResource};
 use super::error::{FhirError, IssueType};
 use super::handlers::{check_id, check_type, json_response, new_id};
 use super::validate::validate_resource;
-use super::{FhirState, media, patch, search, write};
+use super::{Acting, FhirState, media, patch, search, write};
 
 /// More entries than this in one Bundle is refused: one request must not hold the writer for minutes.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -103,7 +102,7 @@ enum Outcome {
     Failed(FhirError),
 }
 
-pub async fn process(State(state): State<FhirState>, headers: HeaderMap, body: Body) -> Result<Response, FhirError> {
+pub async fn process(Acting(state): Acting, headers: HeaderMap, body: Body) -> Result<Response, FhirError> {
     let bytes = media::read_body(body, state.max_body_bytes).await?;
     let bundle = media::parse_json(&bytes)?;
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
@@ -226,7 +225,7 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
         let plan = &planned[i];
         if plan.method == Method::Post && !creates_done {
             creates_done = true;
-            create_together(&mut tx, &planned, &mut outcomes).await?;
+            create_together(state, &mut tx, &planned, &mut outcomes).await?;
         }
         if outcomes[i].is_some() {
             continue;
@@ -252,6 +251,7 @@ async fn transaction(state: &FhirState, entries: &[Value]) -> Result<Response, F
 /// multi-row insert: their ids are fresh, so nothing needs reading first. The spec's order is kept: all POSTs run
 /// after the DELETEs and before the PUTs, and nothing in between can observe their relative order.
 async fn create_together(
+    state: &FhirState,
     tx: &mut StoreTx,
     planned: &[Planned],
     outcomes: &mut [Option<Outcome>],
@@ -262,7 +262,7 @@ async fn create_together(
         return Ok(());
     }
     let resources: Vec<Value> = creates.iter().map(|p| p.resource.clone().unwrap_or_default()).collect();
-    let written = write::create_all(tx, resources)
+    let written = write::create_all_as(tx, &state.caller, resources)
         .await
         .map_err(|e| FhirError::from(e).at(format!("Bundle.entry[{}]", creates.first().map_or(0, |p| p.index))))?;
     for (plan, written) in creates.iter().zip(written) {
@@ -583,11 +583,11 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
         match plan.method {
             Method::Post => {
                 let resource = plan.resource.clone().unwrap_or_default();
-                let written = write::put(tx, resource, Precondition::MustNotExist).await?;
+                let written = write::put_as(tx, &state.caller, resource, Precondition::MustNotExist).await?;
                 Ok(Outcome::Written { stored: written.resource, created: true })
             }
             Method::Put => {
-                let current = tx.read(&plan.resource_type, &plan.id).await?;
+                let current = state.read_in(tx, &plan.resource_type, &plan.id).await?;
                 let precondition = match (&plan.resolved, &current) {
                     (Resolved::CreateNew, _) => Precondition::MustNotExist,
                     (Resolved::CreateWithId, Some(c)) if !c.deleted => {
@@ -609,11 +609,11 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     ));
                 }
                 let resource = plan.resource.clone().unwrap_or_default();
-                let written = write::put(tx, resource, precondition).await.map_err(|e| version_error(e, plan.if_match))?;
+                let written = write::put_as(tx, &state.caller, resource, precondition).await.map_err(|e| version_error(e, plan.if_match))?;
                 Ok(Outcome::Written { stored: written.resource, created: written.created })
             }
             Method::Patch => {
-                let current = live(tx.read(&plan.resource_type, &plan.id).await?, plan)?;
+                let current = live(state.read_in(tx, &plan.resource_type, &plan.id).await?, plan)?;
                 let document = plan.resource.clone().unwrap_or_default();
                 let content: Value =
                     serde_json::from_str(current.content.as_deref().unwrap_or("{}")).map_err(|_| {
@@ -632,21 +632,21 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     return Err(FhirError::unprocessable(IssueType::Invalid, "a patch may not change the resource id"));
                 }
                 let expected = plan.if_match.unwrap_or(current.version_id);
-                let written = write::put(tx, patched, Precondition::Version(expected))
+                let written = write::put_as(tx, &state.caller, patched, Precondition::Version(expected))
                     .await
                     .map_err(|e| version_error(e, plan.if_match))?;
                 Ok(Outcome::Written { stored: written.resource, created: false })
             }
             Method::Delete => {
-                let deleted = write::delete(tx, &plan.resource_type, &plan.id, precondition)
+                let deleted = write::delete_as(tx, &state.caller, &plan.resource_type, &plan.id, precondition)
                     .await
                     .map_err(|e| version_error(e, plan.if_match))?;
                 Ok(Outcome::Deleted(deleted))
             }
             Method::Get => {
                 let found = match plan.version {
-                    Some(v) => tx.store().vread(&plan.resource_type, &plan.id, v).await?,
-                    None => tx.read(&plan.resource_type, &plan.id).await?,
+                    Some(v) => tx.store().vread_as(&state.scope(), &plan.resource_type, &plan.id, v).await?,
+                    None => state.read_in(tx, &plan.resource_type, &plan.id).await?,
                 };
                 Ok(Outcome::Read(live(found, plan)?))
             }

@@ -11,6 +11,22 @@ use super::{FhirState, SUPPORTED_TYPES, search};
 const INTERACTIONS: &[&str] =
     &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
 
+/// How CBO platforms find their work without subscriptions (SDOH Clinical Care IG, polling).
+const TASK_POLLING: &str = "Referral Tasks follow the SDOHCC referral state machine, enforced by the server (the \
+    owner accepts/rejects and works the Task, the requester cancels); a ServiceRequest's status follows its Task. \
+    Poll with Task?owner=Organization/{id}&status=requested&_lastUpdated=gt{instant} or _history?_since={instant} \
+    (both indexed).";
+
+/// Profiles the referral workflow's resources are checked against where they differ from base FHIR.
+fn supported_profiles(resource_type: &str) -> Option<Value> {
+    let profile = match resource_type {
+        "Task" => "SDOHCC-TaskForReferralManagement",
+        "ServiceRequest" => "SDOHCC-ServiceRequest",
+        _ => return None,
+    };
+    Some(json!([format!("http://hl7.org/fhir/us/sdoh-clinicalcare/StructureDefinition/{profile}")]))
+}
+
 pub async fn metadata(State(state): State<FhirState>) -> Response {
     json_response(axum::http::StatusCode::OK, &capability_statement(&state))
 }
@@ -20,7 +36,7 @@ pub fn capability_statement(state: &FhirState) -> Value {
         .iter()
         .map(|t| {
             let (includes, revincludes) = search::capability_includes(t);
-            json!({
+            let mut resource = json!({
                 "type": t,
                 "interaction": INTERACTIONS.iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
                 "versioning": "versioned",
@@ -34,7 +50,14 @@ pub fn capability_statement(state: &FhirState) -> Value {
                 "searchInclude": includes,
                 "searchRevInclude": revincludes,
                 "searchParam": search::capability_params(t),
-            })
+            });
+            if let Some(profiles) = supported_profiles(t) {
+                resource["supportedProfile"] = profiles;
+            }
+            if *t == "Task" {
+                resource["documentation"] = json!(TASK_POLLING);
+            }
+            resource
         })
         .collect();
     json!({
@@ -49,6 +72,13 @@ pub fn capability_statement(state: &FhirState) -> Value {
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "cors": false,
+                "description": "Bearer tokens issued per API client (sdoh-gateway clients add), each bound to one \
+                    Organization and a role: ehr and admin clients see everything; a cbo client sees only the referral \
+                    Tasks it owns or requested and what they reference, and writes only its referral work; registry \
+                    clients use registry exports. Resources outside a client's scope answer 404.",
+            },
             "resource": resources,
             "interaction": [{ "code": "history-system" }],
             "searchParam": [

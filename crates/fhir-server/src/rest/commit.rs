@@ -14,11 +14,13 @@ use store::{Precondition, Store, Written};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{FhirError, write};
+use crate::auth::Caller;
 
 /// Largest number of creates written in one transaction.
 const MAX_BATCH: usize = 64;
 
 struct Pending {
+    caller: Caller,
     resource: Value,
     reply: oneshot::Sender<Result<Written, FhirError>>,
 }
@@ -45,9 +47,9 @@ impl CreateCommitter {
     }
 
     /// Writes a new resource (its id already assigned) and resolves once the commit holding it is durable.
-    pub(crate) async fn create(&self, resource: Value) -> Result<Written, FhirError> {
+    pub(crate) async fn create(&self, caller: &Caller, resource: Value) -> Result<Written, FhirError> {
         let (reply, outcome) = oneshot::channel();
-        self.sender.send(Pending { resource, reply }).await.map_err(|_| shutting_down())?;
+        self.sender.send(Pending { caller: caller.clone(), resource, reply }).await.map_err(|_| shutting_down())?;
         outcome.await.unwrap_or_else(|_| Err(shutting_down()))
     }
 }
@@ -96,7 +98,9 @@ fn drain_ready(rx: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
 
 async fn commit_batch(store: &Store, batch: &mut Vec<Pending>) {
     let started = Instant::now();
-    let (resources, replies): (Vec<Value>, Vec<_>) = batch.drain(..).map(|p| (p.resource, p.reply)).unzip();
+    let (creates, replies): (Vec<(Caller, Value)>, Vec<_>) =
+        batch.drain(..).map(|p| ((p.caller, p.resource), p.reply)).unzip();
+    let resources = creates;
     metrics::histogram!("fhir_create_batch_size").record(resources.len() as f64);
     match write_all(store, &resources).await {
         Ok(written) => {
@@ -126,13 +130,19 @@ async fn commit_batch(store: &Store, batch: &mut Vec<Pending>) {
     }
 }
 
-async fn write_all(store: &Store, resources: &[Value]) -> Result<Vec<Written>, store::StoreError> {
+async fn write_all(store: &Store, resources: &[(Caller, Value)]) -> Result<Vec<Written>, store::StoreError> {
     let mut tx = store.begin().await?;
-    let written = if let [resource] = resources {
+    let written = if let [(caller, resource)] = resources {
         // Alone, a create takes the checked path, so an id clash (from the one-by-one retry) reads as a conflict.
-        vec![write::put(&mut tx, resource.clone(), Precondition::MustNotExist).await?]
+        vec![write::put_as(&mut tx, caller, resource.clone(), Precondition::MustNotExist).await?]
     } else {
-        write::create_all(&mut tx, resources.to_vec()).await?
+        // Each caller's creates are checked and granted as that caller's; runs of one caller share a bulk insert.
+        let mut written = Vec::with_capacity(resources.len());
+        for run in resources.chunk_by(|a, b| a.0 == b.0) {
+            let values = run.iter().map(|(_, r)| r.clone()).collect();
+            written.extend(write::create_all_as(&mut tx, &run[0].0, values).await?);
+        }
+        written
     };
     tx.commit().await?;
     Ok(written)

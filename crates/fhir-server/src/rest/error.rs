@@ -24,6 +24,9 @@ pub enum IssueType {
     Exception,
     Transient,
     Informational,
+    Forbidden,
+    BusinessRule,
+    Login,
 }
 
 impl IssueType {
@@ -38,6 +41,9 @@ impl IssueType {
             IssueType::Conflict => "conflict",
             IssueType::Duplicate => "duplicate",
             IssueType::Processing => "processing",
+            IssueType::Forbidden => "forbidden",
+            IssueType::Login => "login",
+            IssueType::BusinessRule => "business-rule",
             IssueType::NotSupported => "not-supported",
             IssueType::TooLong => "too-long",
             IssueType::Exception => "exception",
@@ -145,6 +151,13 @@ impl From<StoreError> for FhirError {
                 IssueType::Duplicate,
                 format!("{resource_type}/{id} already exists"),
             ),
+            StoreError::NotFound { resource_type, id } => {
+                FhirError::new(StatusCode::NOT_FOUND, IssueType::NotFound, format!("{resource_type}/{id} is not known"))
+            }
+            StoreError::Forbidden(why) => FhirError::new(StatusCode::FORBIDDEN, IssueType::Forbidden, why),
+            StoreError::BusinessRule(why) => {
+                FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueType::BusinessRule, why)
+            }
             // The store's own wording for invalid input names only structural facts (no values), so it may be shown.
             StoreError::Invalid(why) => FhirError::bad_request(IssueType::Invalid, why),
             err if err.is_transient() => {

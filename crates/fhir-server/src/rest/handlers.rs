@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -14,7 +14,7 @@ use store::{Precondition, StoreError, StoreTx, StoredResource, Written, format_i
 use super::error::{FhirError, IssueType, information_outcome};
 use super::media::{self, ReturnPreference};
 use super::validate::validate_resource;
-use super::{FHIR_JSON, FhirState, SUPPORTED_TYPES, patch, search, write};
+use super::{Acting, FHIR_JSON, FhirState, SUPPORTED_TYPES, patch, search, write};
 
 /// A response with a FHIR JSON body.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -87,14 +87,18 @@ fn not_found(resource_type: &str, id: &str) -> FhirError {
 
 /// `GET /{type}/{id}`: the current version; 410 once deleted; 304 when the client's copy is current.
 pub async fn read(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let Path((resource_type, id)) = path.map_err(path_error)?;
     check_type(&resource_type)?;
     check_id(&id)?;
-    let stored = state.store.read(&resource_type, &id).await?.ok_or_else(|| not_found(&resource_type, &id))?;
+    let stored = state
+        .store
+        .read_as(&state.scope(), &resource_type, &id)
+        .await?
+        .ok_or_else(|| not_found(&resource_type, &id))?;
     if stored.deleted {
         return Ok(gone(&stored));
     }
@@ -124,7 +128,7 @@ fn not_modified(headers: &HeaderMap, stored: &StoredResource) -> bool {
 
 /// `GET /{type}/{id}/_history/{vid}`.
 pub async fn vread(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, FhirError> {
     let Path((resource_type, id, vid)) = path.map_err(path_error)?;
@@ -136,7 +140,7 @@ pub async fn vread(
     };
     let stored = state
         .store
-        .vread(&resource_type, &id, version)
+        .vread_as(&state.scope(), &resource_type, &id, version)
         .await?
         .ok_or_else(|| FhirError::not_found(format!("{resource_type}/{id} has no version {version}")))?;
     if stored.deleted {
@@ -199,7 +203,7 @@ fn write_response(state: &FhirState, headers: &HeaderMap, written: &Written, sta
 
 /// `POST /{type}`: stores a new resource under a server-assigned id (a submitted id is ignored, as R4 requires).
 pub async fn create(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -233,11 +237,11 @@ pub async fn create(
     }
     let written = match tx {
         Some(mut tx) => {
-            let written = write::put(&mut tx, resource, Precondition::MustNotExist).await?;
+            let written = write::put_as(&mut tx, &state.caller, resource, Precondition::MustNotExist).await?;
             tx.commit().await?;
             written
         }
-        None => state.creates.create(resource).await?,
+        None => state.creates.create(&state.caller, resource).await?,
     };
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "created");
     Ok(write_response(&state, &headers, &written, StatusCode::CREATED))
@@ -296,7 +300,7 @@ fn conflict_status(err: StoreError, expected: Option<i64>) -> FhirError {
 
 /// `PUT /{type}/{id}`: a new version; creates the resource when it never existed and update-as-create is allowed.
 pub async fn update(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -318,7 +322,7 @@ pub async fn update(
         }
     }
     let mut tx = state.store.begin().await?;
-    let current = tx.read(&resource_type, &id).await?;
+    let current = state.read_in(&mut tx, &resource_type, &id).await?;
     if current.is_none() && !state.allow_update_create {
         return Err(FhirError::method_not_allowed(format!(
             "{resource_type}/{id} does not exist and this server does not allow update-as-create (use POST)"
@@ -329,7 +333,9 @@ pub async fn update(
         (None, Some(c)) => Precondition::Version(c.version_id),
         (None, None) => Precondition::MustNotExist,
     };
-    let written = write::put(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    let written = write::put_as(&mut tx, &state.caller, resource, precondition)
+        .await
+        .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -338,7 +344,7 @@ pub async fn update(
 
 /// `PATCH /{type}/{id}` with a JSON Patch document.
 pub async fn patch(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -350,7 +356,7 @@ pub async fn patch(
     let bytes = media::read_body(body, state.max_body_bytes).await?;
     let operations = media::parse_json(&bytes)?;
     let mut tx = state.store.begin().await?;
-    let current = tx.read(&resource_type, &id).await?.ok_or_else(|| not_found(&resource_type, &id))?;
+    let current = state.read_in(&mut tx, &resource_type, &id).await?.ok_or_else(|| not_found(&resource_type, &id))?;
     if current.deleted {
         return Err(FhirError::gone(format!("{resource_type}/{id} has been deleted")));
     }
@@ -373,7 +379,7 @@ pub async fn patch(
         e.diagnostics = format!("the patched resource is not valid: {}", e.diagnostics);
         e
     })?;
-    let written = write::put(&mut tx, patched, Precondition::Version(current.version_id))
+    let written = write::put_as(&mut tx, &state.caller, patched, Precondition::Version(current.version_id))
         .await
         .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
@@ -383,7 +389,7 @@ pub async fn patch(
 
 /// `DELETE /{type}/{id}`: logical delete. Deleting what is absent or already deleted succeeds too (R4).
 pub async fn delete(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
@@ -393,8 +399,9 @@ pub async fn delete(
     let expected = media::if_match(&headers)?;
     let precondition = expected.map_or(Precondition::None, Precondition::Version);
     let mut tx = state.store.begin().await?;
-    let deleted =
-        write::delete(&mut tx, &resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    let deleted = write::delete_as(&mut tx, &state.caller, &resource_type, &id, precondition)
+        .await
+        .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "delete");
     let text = match &deleted {
@@ -460,7 +467,7 @@ async fn conditional_update(
         }
         search::Matches::None => match body_id {
             None => (new_id(), Precondition::MustNotExist),
-            Some(id) => match tx.read(resource_type, &id).await? {
+            Some(id) => match state.read_in(&mut tx, resource_type, &id).await? {
                 // Updating it would change a resource the client's criteria say is not the one meant.
                 Some(current) if !current.deleted => {
                     return Err(FhirError::new(
@@ -486,7 +493,9 @@ async fn conditional_update(
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
-    let written = write::put(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    let written = write::put_as(&mut tx, &state.caller, resource, precondition)
+        .await
+        .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "conditionally updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -518,8 +527,9 @@ async fn conditional_delete(
     };
     let precondition = Precondition::Version(expected.unwrap_or(existing.version_id));
     let id = existing.id;
-    let deleted =
-        write::delete(&mut tx, resource_type, &id, precondition).await.map_err(|e| conflict_status(e, expected))?;
+    let deleted = write::delete_as(&mut tx, &state.caller, resource_type, &id, precondition)
+        .await
+        .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, deleted = deleted.is_some(), "conditional delete");
     let text = match &deleted {
@@ -537,7 +547,7 @@ pub async fn unknown_route() -> FhirError {
 /// update and delete; they arrive here because the router (`rest/mod.rs`) routes the type endpoint for GET and POST
 /// only. Everything else is 405.
 pub async fn method_not_allowed(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     method: Method,
     uri: Uri,
     path: Result<Path<HashMap<String, String>>, PathRejection>,

@@ -1,30 +1,30 @@
 //! History interactions (instance, type, system) as Bundles of type `history`, paged by the store's `seq` cursor.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Value, json};
 use store::{HistoryEntry, HistoryQuery, Timestamp};
 
-use super::FhirState;
 use super::error::{FhirError, IssueType};
 use super::handlers::{check_id, check_type, json_response, last_modified, path_error};
 use super::media::etag;
 use super::validate::{Primitive, is_valid};
+use super::{Acting, FhirState};
 
 const DEFAULT_COUNT: u32 = 50;
 const MAX_COUNT: u32 = 500;
 
 type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-pub async fn system_history(State(state): State<FhirState>, params: Params) -> Result<Response, FhirError> {
+pub async fn system_history(Acting(state): Acting, params: Params) -> Result<Response, FhirError> {
     history(&state, None, None, params).await
 }
 
 pub async fn type_history(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<String>, PathRejection>,
     params: Params,
 ) -> Result<Response, FhirError> {
@@ -34,14 +34,14 @@ pub async fn type_history(
 }
 
 pub async fn instance_history(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Params,
 ) -> Result<Response, FhirError> {
     let Path((resource_type, id)) = path.map_err(path_error)?;
     check_type(&resource_type)?;
     check_id(&id)?;
-    if state.store.read(&resource_type, &id).await?.is_none() {
+    if state.store.read_as(&state.scope(), &resource_type, &id).await?.is_none() {
         return Err(FhirError::not_found(format!("{resource_type}/{id} is not known")));
     }
     history(&state, Some(resource_type), Some(id), params).await
@@ -158,6 +158,7 @@ async fn history(
             since: o.since,
             until: o.at.map(|(_, end)| Timestamp(end - 1)),
             before_seq: cursor,
+            scope: state.scope(),
             limit: o.count + 1,
         };
         let page = state.store.history(&query).await?;
@@ -221,7 +222,7 @@ async fn history(
 /// True when the next version of the entry's resource was written before `start` (so it was not current then).
 async fn superseded_before(state: &FhirState, entry: &HistoryEntry, start: i64) -> Result<bool, FhirError> {
     let r = &entry.resource;
-    let next = state.store.vread(&r.resource_type, &r.id, r.version_id + 1).await?;
+    let next = state.store.vread_as(&state.scope(), &r.resource_type, &r.id, r.version_id + 1).await?;
     Ok(next.is_some_and(|n| n.last_updated.micros() <= start))
 }
 

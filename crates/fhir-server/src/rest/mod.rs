@@ -3,6 +3,7 @@
 //! Mount with `Router::new().nest("/fhir", fhir_server::router(state))`. Every answer is FHIR JSON; every failure is
 //! an OperationOutcome ([`FhirError`]). A 2xx to a write is sent only after the store committed it.
 
+pub mod access;
 mod bundle;
 mod capability;
 mod commit;
@@ -11,6 +12,7 @@ mod handlers;
 mod history;
 mod media;
 pub mod patch;
+pub mod referral;
 mod search;
 mod summary;
 pub mod validate;
@@ -43,6 +45,8 @@ pub struct FhirState {
     pub max_body_bytes: usize,
     /// Shares transactions between concurrent plain creates (see [`commit`]).
     creates: commit::CreateCommitter,
+    /// Who the current request acts for; [`Caller::System`] in the state given to [`router`].
+    pub(crate) caller: crate::auth::Caller,
 }
 
 impl FhirState {
@@ -55,11 +59,54 @@ impl FhirState {
             allow_update_create: true,
             max_body_bytes: 4 * 1024 * 1024,
             creates,
+            caller: crate::auth::Caller::System,
         }
+    }
+
+    /// This state for one request's caller.
+    pub(crate) fn acting_for(mut self, caller: crate::auth::Caller) -> Self {
+        self.caller = caller;
+        self
+    }
+
+    /// The current version inside `tx` if the current caller may see it.
+    pub(crate) async fn read_in(
+        &self,
+        tx: &mut store::StoreTx,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<store::StoredResource>, store::StoreError> {
+        let stored = tx.read(resource_type, id).await?;
+        if stored.is_some() && !tx.visible(&self.scope(), resource_type, id).await? {
+            return Ok(None);
+        }
+        Ok(stored)
+    }
+
+    /// The store scope of the current caller's reads.
+    pub(crate) fn scope(&self) -> store::Scope {
+        access::scope(&self.caller)
     }
 
     pub(crate) fn base(&self) -> &str {
         self.base_url.trim_end_matches('/')
+    }
+}
+
+/// The state of one request, acting for its caller: what every resource interaction extracts. Refuses callers
+/// whose role may not use the resource interactions (registry loaders) before anything is read.
+pub(crate) struct Acting(pub(crate) FhirState);
+
+impl axum::extract::FromRequestParts<FhirState> for Acting {
+    type Rejection = FhirError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &FhirState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = parts.extensions.get::<crate::auth::Caller>().cloned().unwrap_or_default();
+        access::check_fhir_api(&caller)?;
+        Ok(Acting(state.clone().acting_for(caller)))
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ use store::{
 
 use super::error::{FhirError, IssueType};
 use super::handlers::{check_type, json_response, path_error};
-use super::{FhirState, SUPPORTED_TYPES, media};
+use super::{Acting, FhirState, SUPPORTED_TYPES, media};
 use crate::search::value::{DateQuery, NumberQuery, ReferenceQuery, StringMode, SystemConstraint, TokenQuery, UriMode};
 use crate::search::{
     IndexValue, Modifier, ParamQuery, Prefix, ResourceSearchParam, SearchParamRegistry, SearchType, SearchValue,
@@ -621,7 +621,8 @@ async fn run(
 ) -> Result<Response, FhirError> {
     check_type(resource_type)?;
     let registry = registry()?;
-    let plan = plan(registry, state.base(), resource_type, params, strict_handling(headers))?;
+    let mut plan = plan(registry, state.base(), resource_type, params, strict_handling(headers))?;
+    plan.query.scope = state.scope();
     let page = state.store.search(&plan.query).await?;
     let mut entries = Vec::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -654,11 +655,11 @@ async fn run(
                     .filter(|(t, _)| spec.target.as_ref().is_none_or(|want| want == t))
                     .cloned()
                     .collect();
-                state.store.revincluded(&spec.source, &spec.param, &targets).await?
+                state.store.revincluded(&state.scope(), &spec.source, &spec.param, &targets).await?
             } else {
                 let ids: Vec<String> =
                     frontier.iter().filter(|(t, _)| *t == spec.source).map(|(_, id)| id.clone()).collect();
-                state.store.included(&spec.source, &ids, &spec.param, spec.target.as_deref()).await?
+                state.store.included(&state.scope(), &spec.source, &ids, &spec.param, spec.target.as_deref()).await?
             };
             for stored in &found {
                 let before = entries.len();
@@ -725,7 +726,7 @@ fn form_pairs(text: &str) -> Result<Vec<(String, String)>, FhirError> {
 
 /// `GET /{type}?…`.
 pub async fn search_get(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -737,7 +738,7 @@ pub async fn search_get(
 
 /// `POST /{type}/_search` with a form-encoded body; parameters in the URL count too.
 pub async fn search_post(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -853,6 +854,7 @@ pub(crate) async fn conditional_matches(
     plan.query.offset = 0;
     plan.query.total = false;
     plan.query.sort.clear();
+    plan.query.scope = state.scope();
     // On the write transaction's own connection: it sees the transaction's writes, and a request waiting for the
     // conditional-write lock never needs a second pooled connection.
     let page = tx.search(&plan.query).await?;

@@ -6,17 +6,68 @@
 //! it is neither lost when the process dies nor queued for a write that rolled back.
 
 use serde_json::{Value, json};
-use store::{NewJob, Precondition, StoreError, StoreTx, StoredResource, Written};
+use store::{Grant, NewJob, Precondition, Scope, StoreError, StoreTx, StoredResource, Written};
 
+use super::access::{self, Change};
+use super::referral;
 use super::search::index_rows;
+use crate::auth::Caller;
 
 /// Queue of normalization jobs: one per written or deleted QuestionnaireResponse version, with payload
 /// `{"resourceType", "id", "versionId"}`.
 pub const NORMALIZE_QUEUE: &str = "normalize";
 
-/// Writes a version of `resource` (its id set) and its index rows, and queues what the change triggers.
+/// Writes a version of `resource` (its id set) on the gateway's own behalf; see [`put_as`].
 pub async fn put(tx: &mut StoreTx, resource: Value, precondition: Precondition) -> Result<Written, StoreError> {
+    put_as(tx, &Caller::System, resource, precondition).await
+}
+
+/// The live content of a resource as `caller` may see it inside `tx`: `None` when absent, deleted or outside the
+/// caller's scope.
+pub async fn read_live(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<(StoredResource, Value)>, StoreError> {
+    let Some(stored) = tx.read(resource_type, id).await?.filter(|s| !s.deleted) else { return Ok(None) };
+    if !tx.visible(&access::scope(caller), resource_type, id).await? {
+        return Ok(None);
+    }
+    let content = stored.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
+    Ok(Some((stored, content)))
+}
+
+/// Writes a version of `resource` for `caller`: the caller's role must allow the change, an existing resource
+/// must be within its scope (else [`StoreError::NotFound`]), and a referral Task must move along the IG's state
+/// machine by the side allowed to move it. Then the version, its index rows, and what the change triggers.
+pub async fn put_as(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    resource: Value,
+    precondition: Precondition,
+) -> Result<Written, StoreError> {
+    let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_owned();
+    let id = resource["id"].as_str().unwrap_or_default().to_owned();
+    access::check_change(caller, &resource_type, Change::Write)?;
+    let needs_before = caller.principal().is_some() || resource_type == "Task";
+    let before = if needs_before {
+        match tx.read(&resource_type, &id).await?.filter(|s| !s.deleted) {
+            Some(stored) if !tx.visible(&access::scope(caller), &resource_type, &id).await? => {
+                drop(stored);
+                return Err(StoreError::NotFound { resource_type, id });
+            }
+            Some(stored) => stored.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
+            None => None,
+        }
+    } else {
+        None
+    };
+    if resource_type == "Task" {
+        referral::check_task_write(caller, before.as_ref(), &resource)?;
+    }
     let rows = index_rows(&resource);
+    let triggers = matches!(resource_type.as_str(), "Task" | "ServiceRequest").then(|| resource.clone());
     let written = tx.put(resource, precondition).await?;
     let (resource_type, id) = (&written.resource.resource_type, &written.resource.id);
     if written.created {
@@ -24,40 +75,93 @@ pub async fn put(tx: &mut StoreTx, resource: Value, precondition: Precondition) 
     } else {
         tx.replace_index(resource_type, id, &rows).await?;
     }
-    after_change(tx, &written.resource).await?;
+    if written.created {
+        grant_to_author(tx, caller, &written.resource).await?;
+    }
+    after_change(tx, &written.resource, triggers.as_ref()).await?;
     Ok(written)
 }
 
-/// Writes brand-new resources (fresh ids) in bulk; see [`StoreTx::create_all`].
+/// Writes brand-new resources (fresh ids) in bulk on the gateway's own behalf; see [`create_all_as`].
 pub async fn create_all(tx: &mut StoreTx, resources: Vec<Value>) -> Result<Vec<Written>, StoreError> {
+    create_all_as(tx, &Caller::System, resources).await
+}
+
+/// Writes brand-new resources (fresh ids) in bulk for `caller`; see [`StoreTx::create_all`]. Each must be a change
+/// the caller's role may make; referral Tasks must start as the state machine allows.
+pub async fn create_all_as(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    resources: Vec<Value>,
+) -> Result<Vec<Written>, StoreError> {
+    for resource in &resources {
+        let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+        access::check_change(caller, resource_type, Change::Write)?;
+        if resource_type == "Task" {
+            referral::check_task_write(caller, None, resource)?;
+        }
+    }
     let rows: Vec<_> = resources.iter().map(index_rows).collect();
+    let triggers: Vec<Option<Value>> = resources
+        .iter()
+        .map(|r| matches!(r["resourceType"].as_str(), Some("Task" | "ServiceRequest")).then(|| r.clone()))
+        .collect();
     let written = tx.create_all(resources).await?;
-    for (w, rows) in written.iter().zip(rows) {
+    for ((w, rows), content) in written.iter().zip(rows).zip(&triggers) {
         tx.insert_index(&w.resource.resource_type, &w.resource.id, &rows).await?;
-        after_change(tx, &w.resource).await?;
+        grant_to_author(tx, caller, &w.resource).await?;
+        after_change(tx, &w.resource, content.as_ref()).await?;
     }
     Ok(written)
 }
 
-/// Logically deletes a resource, drops its index rows and queues what the deletion triggers. `None` when there
-/// was nothing live to delete.
+/// Logically deletes a resource on the gateway's own behalf; see [`delete_as`].
 pub async fn delete(
     tx: &mut StoreTx,
     resource_type: &str,
     id: &str,
     precondition: Precondition,
 ) -> Result<Option<StoredResource>, StoreError> {
+    delete_as(tx, &Caller::System, resource_type, id, precondition).await
+}
+
+/// Logically deletes a resource for `caller`, drops its index rows and queues what the deletion triggers. `None`
+/// when there was nothing live to delete (or nothing within the caller's scope).
+pub async fn delete_as(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    precondition: Precondition,
+) -> Result<Option<StoredResource>, StoreError> {
+    access::check_change(caller, resource_type, Change::Delete)?;
+    if !tx.visible(&access::scope(caller), resource_type, id).await? {
+        return Ok(None);
+    }
     let deleted = tx.delete(resource_type, id, precondition).await?;
     if let Some(tombstone) = &deleted {
         tx.clear_index(resource_type, id).await?;
-        after_change(tx, tombstone).await?;
+        after_change(tx, tombstone, None).await?;
     }
     Ok(deleted)
 }
 
-/// Queues the work a new version triggers. A QuestionnaireResponse is normalized into screening Observations and
-/// health concerns whichever way it arrived (REST, Bundle, HL7 v2 conversion).
-async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<(), StoreError> {
+/// A resource a scoped client creates is visible to its organization from then on.
+async fn grant_to_author(tx: &mut StoreTx, caller: &Caller, version: &StoredResource) -> Result<(), StoreError> {
+    let Scope::Organization(organization) = access::scope(caller) else { return Ok(()) };
+    let grant = Grant { organization, resource_type: version.resource_type.clone(), id: version.id.clone() };
+    tx.insert_grants("", &[grant]).await
+}
+
+/// Does what a new version triggers: referral bookkeeping (grants, the ServiceRequest following its Task), and
+/// queued work. A QuestionnaireResponse is normalized into screening Observations and health concerns whichever
+/// way it arrived (REST, Bundle, HL7 v2 conversion). `content` is the written resource (`None` for a deletion).
+async fn after_change(tx: &mut StoreTx, version: &StoredResource, content: Option<&Value>) -> Result<(), StoreError> {
+    match (version.resource_type.as_str(), content) {
+        ("Task", Some(task)) => referral::after_task_write(tx, &version.id, task).await?,
+        ("ServiceRequest", Some(_)) => referral::after_service_request_write(tx, &version.id).await?,
+        _ => {}
+    }
     if version.resource_type == "QuestionnaireResponse" {
         let payload = json!({
             "resourceType": version.resource_type,

@@ -1,0 +1,379 @@
+//! Closed-loop referrals over the real binary with real credentials: the authorization matrix (roles x resource
+//! types x interactions, two CBOs), the referral Task state machine over REST, the ServiceRequest following its
+//! Task, a coordination platform's sub-Task, and the `clients` command. SQLite and PostgreSQL.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const REFERRAL_TASK: &str =
+    "http://hl7.org/fhir/us/sdoh-clinicalcare/StructureDefinition/SDOHCC-TaskForReferralManagement";
+
+struct Client {
+    token: String,
+    client_id: String,
+}
+
+fn add_client(dir: &std::path::Path, db_url: &str, role: &str, org: &str) -> Client {
+    let (status, out, err) = run(
+        dir,
+        &[
+            "--database-url",
+            db_url,
+            "clients",
+            "add",
+            "--name",
+            &format!("{role} {org}"),
+            "--role",
+            role,
+            "--organization",
+            org,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(status.success(), "clients add: {err}");
+    let v: Value = serde_json::from_str(out.trim()).expect("clients add --json prints one object");
+    assert_eq!(v["role"], role);
+    assert_eq!(v["organization"], org);
+    Client { token: v["token"].as_str().unwrap().to_owned(), client_id: v["client_id"].as_str().unwrap().to_owned() }
+}
+
+struct Api {
+    addr: SocketAddr,
+}
+
+impl Api {
+    fn call(&self, who: &Client, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let auth = format!("Bearer {}", who.token);
+        let body = body.map(Value::to_string);
+        let (status, _, text) = http_with(self.addr, method, path, &[("Authorization", &auth)], body.as_deref());
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, who: &Client, path: &str) -> (u16, Value) {
+        self.call(who, "GET", path, None)
+    }
+
+    fn put(&self, who: &Client, resource: &Value) -> (u16, Value) {
+        let path = format!("/fhir/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+        self.call(who, "PUT", &path, Some(resource))
+    }
+
+    /// The ids a search answers with.
+    fn search_ids(&self, who: &Client, path: &str) -> Vec<String> {
+        let (status, bundle) = self.get(who, path);
+        assert_eq!(status, 200, "{path}: {bundle}");
+        ids_in(&bundle)
+    }
+}
+
+fn ids_in(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let r = &e["resource"];
+                    Some(format!("{}/{}", r["resourceType"].as_str()?, r["id"].as_str()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+fn task(id: &str, status: &str, owner: &str, requester: &str, focus: &str) -> Value {
+    json!({
+        "resourceType": "Task", "id": id, "meta": {"profile": [REFERRAL_TASK]},
+        "status": status, "intent": "order",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+        "focus": {"reference": focus}, "for": {"reference": "Patient/pat-1"},
+        "authoredOn": "2026-11-20T10:00:00Z",
+        "requester": {"reference": requester}, "owner": {"reference": owner}
+    })
+}
+
+/// The clinic's referral of Patient/pat-1 to CBO A, with its context, plus data no referral mentions.
+fn seed(api: &Api, ehr: &Client) {
+    let entries = vec![
+        json!({"resourceType": "Organization", "id": "clinic", "name": "Eastside Clinic"}),
+        json!({"resourceType": "Organization", "id": "cbo-a", "name": "Food Bank A"}),
+        json!({"resourceType": "Organization", "id": "cbo-b", "name": "Housing Partner B"}),
+        json!({"resourceType": "HealthcareService", "id": "hs-a", "providedBy": {"reference": "Organization/cbo-a"},
+            "category": [{"coding": [{"system": "http://hl7.org/fhir/us/sdoh-clinicalcare/CodeSystem/SDOHCC-CodeSystemTemporaryCodes", "code": "food-insecurity"}]}],
+            "coverageArea": [{"display": "Adams County"}]}),
+        json!({"resourceType": "Patient", "id": "pat-1", "name": [{"family": "Doe"}], "gender": "female"}),
+        json!({"resourceType": "Patient", "id": "pat-2", "name": [{"family": "Roe"}]}),
+        json!({"resourceType": "Condition", "id": "cond-food", "subject": {"reference": "Patient/pat-1"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "733423003"}]}}),
+        json!({"resourceType": "Consent", "id": "consent-1", "status": "active", "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}], "patient": {"reference": "Patient/pat-1"}}),
+        json!({"resourceType": "ServiceRequest", "id": "sr-1", "status": "active", "intent": "order",
+            "subject": {"reference": "Patient/pat-1"}, "reasonReference": [{"reference": "Condition/cond-food"}],
+            "supportingInfo": [{"reference": "Consent/consent-1"}], "performer": [{"reference": "Organization/cbo-a"}],
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "467771000124109"}]}}),
+        task("task-1", "requested", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1"),
+        // Not part of any referral: no CBO may see these.
+        json!({"resourceType": "Observation", "id": "obs-private", "status": "final", "subject": {"reference": "Patient/pat-1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]}}),
+        json!({"resourceType": "Condition", "id": "cond-other", "subject": {"reference": "Patient/pat-2"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}}),
+    ];
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries.iter().map(|r| json!({
+        "resource": r,
+        "request": {"method": "PUT", "url": format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap())}
+    })).collect::<Vec<_>>()});
+    let (status, answer) = api.call(ehr, "POST", "/fhir", Some(&bundle));
+    assert_eq!(status, 200, "{answer}");
+}
+
+const REFERRAL_CONTEXT: &[&str] =
+    &["Task/task-1", "ServiceRequest/sr-1", "Patient/pat-1", "Condition/cond-food", "Consent/consent-1"];
+const OUTSIDE: &[&str] = &["Observation/obs-private", "Patient/pat-2", "Condition/cond-other", "Organization/cbo-b"];
+
+fn referral_lifecycle(db_url: &str) {
+    let dir = temp_dir();
+    let admin = add_client(dir.path(), db_url, "admin", "Organization/gateway-ops");
+    let ehr = add_client(dir.path(), db_url, "ehr", "Organization/clinic");
+    let cbo_a = add_client(dir.path(), db_url, "cbo", "Organization/cbo-a");
+    let cbo_b = add_client(dir.path(), db_url, "cbo", "Organization/cbo-b");
+    let registry = add_client(dir.path(), db_url, "registry", "Organization/registry");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &["--database-url", db_url, "--http-listen", "127.0.0.1:0"],
+        &[("SDOH_GATEWAY_AUTH__REQUIRED", "true"), ("SDOH_GATEWAY_AUTH__CACHE_SECS", "0")],
+    );
+    let api = Api { addr: gw.wait_ready() };
+
+    // Authentication: none, malformed, wrong.
+    let (status, head, body) = http(api.addr, "GET", "/fhir/Patient/pat-1", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(header_value(&head, "WWW-Authenticate").is_some_and(|v| v.starts_with("Bearer")));
+    assert!(body.contains("OperationOutcome"));
+    let forged = Client { token: format!("{}.not-the-secret", ehr.client_id), client_id: ehr.client_id.clone() };
+    assert_eq!(api.get(&forged, "/fhir/Patient").0, 401);
+    assert_eq!(http_with(api.addr, "GET", "/fhir/Patient", &[("Authorization", "Basic eDp5")], None).0, 401);
+    assert_eq!(http(api.addr, "GET", "/health/live", None).0, 200, "probes stay open");
+
+    seed(&api, &ehr);
+
+    // The matrix of reads: who sees which resource through which interaction.
+    let sees_all = |who: &Client| -> bool { std::ptr::eq(who, &ehr) || std::ptr::eq(who, &admin) };
+    for who in [&admin, &ehr, &cbo_a, &cbo_b] {
+        for reference in REFERRAL_CONTEXT.iter().chain(OUTSIDE) {
+            let visible = sees_all(who) || (std::ptr::eq(who, &cbo_a) && REFERRAL_CONTEXT.contains(reference));
+            let (rt, id) = reference.split_once('/').unwrap();
+            let expected = if visible { 200 } else { 404 };
+            let (status, body) = api.get(who, &format!("/fhir/{reference}"));
+            assert_eq!(status, expected, "read {reference} as {}: {body}", who.client_id);
+            if !visible {
+                assert!(!body.to_string().contains(id) || body["resourceType"] == "OperationOutcome");
+            }
+            assert_eq!(api.get(who, &format!("/fhir/{reference}/_history/1")).0, expected, "vread {reference}");
+            assert_eq!(api.get(who, &format!("/fhir/{reference}/_history")).0, expected, "history {reference}");
+            let found = api.search_ids(who, &format!("/fhir/{rt}?_id={id}"));
+            assert_eq!(found.contains(&reference.to_string()), visible, "search {reference} as {}", who.client_id);
+        }
+    }
+    // Includes and reverse includes, chains and _has, type and system history: never past the scope.
+    let included = api.search_ids(&cbo_a, "/fhir/Task?_id=task-1&_include=Task:focus&_include=Task:patient");
+    assert_eq!(included, vec!["Patient/pat-1", "ServiceRequest/sr-1", "Task/task-1"]);
+    let revincluded =
+        api.search_ids(&cbo_a, "/fhir/Patient?_id=pat-1&_revinclude=Observation:subject&_revinclude=Task:patient");
+    assert_eq!(revincluded, vec!["Patient/pat-1", "Task/task-1"], "the private Observation stays hidden");
+    assert_eq!(api.search_ids(&ehr, "/fhir/Patient?_has:Observation:subject:code=4548-4"), vec!["Patient/pat-1"]);
+    assert!(
+        api.search_ids(&cbo_a, "/fhir/Patient?_has:Observation:subject:code=4548-4").is_empty(),
+        "_has leaks nothing"
+    );
+    assert!(api.search_ids(&cbo_b, "/fhir/Task?owner=Organization/cbo-a").is_empty());
+    assert_eq!(api.search_ids(&cbo_a, "/fhir/Task?owner=Organization/cbo-a&status=requested"), vec!["Task/task-1"]);
+    let (_, history) = api.get(&cbo_b, "/fhir/_history");
+    assert!(history["entry"].as_array().is_none_or(Vec::is_empty), "CBO B's system history is empty: {history}");
+    let (_, history) = api.get(&cbo_a, "/fhir/_history?_count=100");
+    let mut seen: Vec<String> = history["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["request"]["url"].as_str().or(e["fullUrl"].as_str()).map(str::to_owned))
+        .collect();
+    seen.retain(|u| OUTSIDE.iter().any(|o| u.ends_with(o)));
+    assert!(seen.is_empty(), "CBO A's history shows nothing outside its referral: {seen:?}");
+
+    // Registry loaders do not use the clinical API; every client reads /metadata.
+    assert_eq!(api.get(&registry, "/fhir/Patient/pat-1").0, 403);
+    assert_eq!(api.get(&registry, "/fhir/Task").0, 403);
+    assert_eq!(api.get(&registry, "/fhir/metadata").0, 200);
+    // Operators only on /admin.
+    assert_eq!(api.get(&cbo_a, "/admin/messages").0, 403);
+    assert_eq!(api.get(&admin, "/admin/messages").0, 200);
+
+    // Writes: CBO B cannot touch CBO A's referral (404, nothing leaked); no CBO writes clinical data.
+    let accepted = task("task-1", "accepted", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    assert_eq!(api.put(&cbo_b, &accepted).0, 404);
+    let (status, body) = api.put(&cbo_a, &json!({"resourceType": "Patient", "id": "pat-1", "name": [{"family": "X"}]}));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(api.call(&cbo_a, "DELETE", "/fhir/Task/task-1", None).0, 403);
+    let (status, body) = api.put(
+        &cbo_a,
+        &json!({"resourceType": "Observation", "id": "obs-private", "status": "final",
+        "code": {"text": "x"}}),
+    );
+    assert_eq!(status, 403, "{body}");
+    // A transaction is all or nothing under the same rules.
+    let sneaky = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": accepted, "request": {"method": "PUT", "url": "Task/task-1"}},
+        {"resource": {"resourceType": "Patient", "id": "pat-1", "name": [{"family": "X"}]}, "request": {"method": "PUT", "url": "Patient/pat-1"}}
+    ]});
+    assert_eq!(api.call(&cbo_a, "POST", "/fhir", Some(&sneaky)).0, 403);
+    assert_eq!(api.get(&ehr, "/fhir/Task/task-1").1["status"], "requested", "the refused transaction changed nothing");
+
+    // The state machine: the owner's moves are not the requester's, invalid moves change nothing.
+    let (status, body) = api.put(&ehr, &accepted);
+    assert_eq!(status, 403, "the requester may not accept: {body}");
+    let completed_early =
+        task("task-1", "completed", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    let (status, body) = api.put(&cbo_a, &completed_early);
+    assert_eq!(status, 422, "requested -> completed skips acceptance: {body}");
+    assert_eq!(body["issue"][0]["code"], "business-rule");
+    let (_, current) = api.get(&ehr, "/fhir/Task/task-1");
+    assert_eq!((current["status"].as_str(), current["meta"]["versionId"].as_str()), (Some("requested"), Some("1")));
+    let mut redirected = accepted.clone();
+    redirected["owner"] = json!({"reference": "Organization/cbo-b"});
+    assert_eq!(api.put(&cbo_a, &redirected).0, 403, "only the requester re-assigns");
+
+    let (status, body) = api.put(&cbo_a, &accepted);
+    assert_eq!(status, 200, "{body}");
+    let (_, sr) = api.get(&ehr, "/fhir/ServiceRequest/sr-1");
+    assert_eq!(sr["status"], "active");
+    let cancelled = task("task-1", "cancelled", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    assert_eq!(api.put(&cbo_a, &cancelled).0, 403, "cancelling is the requester's");
+    let in_progress = task("task-1", "in-progress", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    assert_eq!(api.put(&cbo_a, &in_progress).0, 200);
+
+    // CBO A records the service it delivered and completes the Task with it as output.
+    let procedure = json!({"resourceType": "Procedure", "status": "completed", "subject": {"reference": "Patient/pat-1"},
+        "basedOn": [{"reference": "ServiceRequest/sr-1"}], "code": {"coding": [{"system": "http://snomed.info/sct", "code": "467771000124109"}]}});
+    let (status, created) = api.call(&cbo_a, "POST", "/fhir/Procedure", Some(&procedure));
+    assert_eq!(status, 201, "{created}");
+    let procedure_ref = format!("Procedure/{}", created["id"].as_str().unwrap());
+    assert_eq!(api.get(&cbo_a, &format!("/fhir/{procedure_ref}")).0, 200, "a CBO sees what it created");
+    assert_eq!(api.get(&cbo_b, &format!("/fhir/{procedure_ref}")).0, 404);
+    let mut done = task("task-1", "completed", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    done["output"] = json!([{"type": {"coding": [{"system": "http://hl7.org/fhir/us/sdoh-clinicalcare/CodeSystem/SDOHCC-CodeSystemTemporaryCodes", "code": "resulting-activity"}]},
+        "valueReference": {"reference": procedure_ref}}]);
+    let (status, body) = api.put(&cbo_a, &done);
+    assert_eq!(status, 200, "{body}");
+
+    // The clinic sees the closed loop: Task completed with its output, the ServiceRequest completed.
+    let (_, t) = api.get(&ehr, "/fhir/Task/task-1");
+    assert_eq!(t["status"], "completed");
+    assert_eq!(t["output"][0]["valueReference"]["reference"], procedure_ref.as_str());
+    let (_, sr) = api.get(&ehr, "/fhir/ServiceRequest/sr-1");
+    assert_eq!(sr["status"], "completed", "the ServiceRequest follows its Task");
+    // CBO B never saw any of it.
+    assert!(api.search_ids(&cbo_b, "/fhir/Task").is_empty());
+    assert!(api.search_ids(&cbo_b, "/fhir/ServiceRequest").is_empty());
+    assert!(api.search_ids(&cbo_b, "/fhir/Procedure").is_empty());
+
+    // Revocation: the token stops working (cache disabled here).
+    let (status, _, err) = run(dir.path(), &["--database-url", db_url, "clients", "revoke", &cbo_b.client_id], &[]);
+    assert!(status.success(), "{err}");
+    assert_eq!(api.get(&cbo_b, "/fhir/Task").0, 401);
+    let (status, listing, _) = run(dir.path(), &["--database-url", db_url, "clients", "list", "--json"], &[]);
+    assert!(status.success());
+    assert_eq!(listing.lines().count(), 5);
+    assert!(!listing.contains(&cbo_a.token) && !listing.contains("secret"), "listings never show secrets");
+
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}
+
+/// A coordination platform (CBO A) passes the referral on to CBO B as a sub-Task with its own ServiceRequest.
+fn coordination_platform_subtask(db_url: &str) {
+    let dir = temp_dir();
+    let ehr = add_client(dir.path(), db_url, "ehr", "Organization/clinic");
+    let platform = add_client(dir.path(), db_url, "cbo", "Organization/cbo-a");
+    let provider = add_client(dir.path(), db_url, "cbo", "Organization/cbo-b");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &["--database-url", db_url, "--http-listen", "127.0.0.1:0"],
+        &[("SDOH_GATEWAY_AUTH__REQUIRED", "true")],
+    );
+    let api = Api { addr: gw.wait_ready() };
+    seed(&api, &ehr);
+    let accepted = task("task-1", "accepted", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    assert_eq!(api.put(&platform, &accepted).0, 200);
+    assert_eq!(api.get(&provider, "/fhir/Task/task-1").0, 404);
+
+    // The platform's own order (filler-order, based on the clinic's) and the sub-Task it requests from CBO B.
+    let platform_sr = json!({"resourceType": "ServiceRequest", "id": "sr-platform", "status": "active", "intent": "filler-order",
+        "basedOn": [{"reference": "ServiceRequest/sr-1"}], "subject": {"reference": "Patient/pat-1"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "467771000124109"}]}});
+    let mut sub = task("sub-1", "requested", "Organization/cbo-b", "Organization/cbo-a", "ServiceRequest/sr-platform");
+    sub["partOf"] = json!([{"reference": "Task/task-1"}]);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": platform_sr, "request": {"method": "PUT", "url": "ServiceRequest/sr-platform"}},
+        {"resource": sub, "request": {"method": "PUT", "url": "Task/sub-1"}}
+    ]});
+    let (status, body) = api.call(&platform, "POST", "/fhir", Some(&bundle));
+    assert_eq!(status, 200, "{body}");
+
+    // CBO B sees its sub-Task and its context, and works it; the platform sees the progress.
+    assert_eq!(api.search_ids(&provider, "/fhir/Task?owner=Organization/cbo-b&status=requested"), vec!["Task/sub-1"]);
+    assert_eq!(api.get(&provider, "/fhir/ServiceRequest/sr-platform").0, 200);
+    assert_eq!(api.get(&provider, "/fhir/Patient/pat-1").0, 200);
+    assert_eq!(api.get(&provider, "/fhir/Observation/obs-private").0, 404);
+    for status in ["accepted", "in-progress", "completed"] {
+        let mut next = task("sub-1", status, "Organization/cbo-b", "Organization/cbo-a", "ServiceRequest/sr-platform");
+        next["partOf"] = json!([{"reference": "Task/task-1"}]);
+        let (code, body) = api.put(&provider, &next);
+        assert_eq!(code, 200, "{status}: {body}");
+    }
+    let (_, sub_now) = api.get(&platform, "/fhir/Task/sub-1");
+    assert_eq!(sub_now["status"], "completed");
+    let (_, platform_sr_now) = api.get(&platform, "/fhir/ServiceRequest/sr-platform");
+    assert_eq!(platform_sr_now["status"], "completed");
+    // The platform closes its own Task with the clinic; the clinic's ServiceRequest follows.
+    let in_progress = task("task-1", "in-progress", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    assert_eq!(api.put(&platform, &in_progress).0, 200);
+    let done = task("task-1", "completed", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    assert_eq!(api.put(&platform, &done).0, 200);
+    assert_eq!(api.get(&ehr, "/fhir/ServiceRequest/sr-1").1["status"], "completed");
+
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn referral_lifecycle_and_authorization_on_sqlite() {
+    let dir = temp_dir();
+    referral_lifecycle(&format!("sqlite:{}", dir.path().join("referrals.db").display()));
+}
+
+#[test]
+fn referral_lifecycle_and_authorization_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(postgres_schema_url(&postgres_url()));
+    referral_lifecycle(&url);
+}
+
+#[test]
+fn coordination_platform_subtasks_on_sqlite() {
+    let dir = temp_dir();
+    coordination_platform_subtask(&format!("sqlite:{}", dir.path().join("platform.db").display()));
+}
+
+#[test]
+fn coordination_platform_subtasks_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(postgres_schema_url(&postgres_url()));
+    coordination_platform_subtask(&url);
+}
