@@ -40,6 +40,7 @@ pub mod instrument;
 pub mod measures;
 mod normalize;
 pub mod referral;
+pub mod registry;
 
 pub use ids::derived_id;
 pub use instrument::{DefinitionError, Instrument, Instruments};
