@@ -671,3 +671,18 @@ fn bad_measure_definitions_give_clear_errors() {
         .is_ok()
     );
 }
+
+#[test]
+fn a_stratifier_nobody_has_a_value_for_has_no_reference() {
+    // The population's counties blanked out: one `unknown` stratum equal to the overall, shown, with nothing to
+    // compare against.
+    let blank: Vec<PatientFacts> =
+        population().into_iter().map(|p| PatientFacts { county: Some("  ".into()), ..p }).collect();
+    let cells =
+        evaluate(MeasureSet::builtin().definitions(), &blank, &[q1()], &[StratifierSpec::new(Stratifier::County)]);
+    let unknown = shown(find(&cells, "hrsn-screening-rate", q1(), &stratum(Stratifier::County, "unknown")));
+    assert_eq!((unknown.numerator, unknown.denominator), (60, 78));
+    assert_eq!(unknown.comparison, Comparison::NoReference);
+    let strata = cells.iter().filter(|c| c.measure == "hrsn-screening-rate" && c.group != Group::Overall).count();
+    assert_eq!(strata, 1);
+}

@@ -1,7 +1,7 @@
 //! The evaluator: measure definitions applied to patient facts, per period, overall and per stratum, with rates,
 //! intervals, rate ratios and suppression.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -176,59 +176,76 @@ pub fn evaluate(
 ) -> Vec<Cell> {
     let strata: Vec<Vec<String>> =
         stratifiers.iter().map(|spec| strata_of(spec.stratifier, patients, periods)).collect();
-    let mut cells = Vec::new();
-    for measure in measures {
-        // tallies[period][stratifier][stratum]; overall[period]
-        let mut overall: Vec<Tally> = vec![Tally::default(); periods.len()];
-        let mut tallies: Vec<Vec<BTreeMap<String, Tally>>> = periods
+    let stratum_index: Vec<HashMap<&str, usize>> =
+        strata.iter().map(|values| values.iter().enumerate().map(|(i, v)| (v.as_str(), i)).collect()).collect();
+    // tallies[measure][period] = (overall, rows[stratifier][stratum index])
+    let mut tallies: Vec<Vec<(Tally, Vec<Vec<Tally>>)>> = Vec::with_capacity(measures.len());
+    tallies.resize_with(measures.len(), Vec::new);
+    for &period in periods {
+        // Each patient's stratum in each stratifier, worked out once per period for all measures.
+        let patient_strata: Vec<Vec<usize>> = patients
             .iter()
-            .map(|_| {
-                strata.iter().map(|values| values.iter().map(|v| (v.clone(), Tally::default())).collect()).collect()
+            .map(|patient| {
+                stratifiers
+                    .iter()
+                    .zip(&stratum_index)
+                    .map(|(spec, index)| index[spec.stratifier.stratum(patient, period).as_str()])
+                    .collect()
             })
             .collect();
-        for (p, &period) in periods.iter().enumerate() {
-            for patient in patients {
+        for (m, measure) in measures.iter().enumerate() {
+            let mut overall = Tally::default();
+            let mut rows: Vec<Vec<Tally>> = strata.iter().map(|values| vec![Tally::default(); values.len()]).collect();
+            for (patient, indexes) in patients.iter().zip(&patient_strata) {
                 let mut counted = Tally::default();
                 count_patient(measure, patient, period, &mut counted);
                 if counted.denominator == 0 {
                     continue;
                 }
-                add(&mut overall[p], &counted);
-                for (s, spec) in stratifiers.iter().enumerate() {
-                    let stratum = spec.stratifier.stratum(patient, period);
-                    add(tallies[p][s].entry(stratum).or_default(), &counted);
+                add(&mut overall, &counted);
+                for (row, &index) in rows.iter_mut().zip(indexes) {
+                    add(&mut row[index], &counted);
                 }
             }
+            tallies[m].push((overall, rows));
         }
-        let references: Vec<Option<String>> = stratifiers
+    }
+
+    let mut cells = Vec::new();
+    for (measure, per_period) in measures.iter().zip(&tallies) {
+        let references: Vec<Option<&str>> = stratifiers
             .iter()
             .enumerate()
-            .map(|(s, spec)| spec.reference.clone().or_else(|| largest_stratum(tallies.iter().map(|per| &per[s]))))
+            .map(|(s, spec)| {
+                spec.reference
+                    .as_deref()
+                    .or_else(|| largest_stratum(&strata[s], per_period.iter().map(|(_, rows)| &rows[s])))
+            })
             .collect();
-
-        for (p, &period) in periods.iter().enumerate() {
-            let overall_value = match suppression::primary(overall[p].counts()) {
+        for (&period, (overall, rows)) in periods.iter().zip(per_period) {
+            let overall_value = match suppression::primary(overall.counts()) {
                 Some(reason) => CellValue::Suppressed(reason),
-                None => CellValue::Shown(figures(measure, &overall[p], Comparison::NotApplicable)),
+                None => CellValue::Shown(figures(measure, overall, Comparison::NotApplicable)),
             };
             cells.push(Cell { measure: measure.id.clone(), period, group: Group::Overall, value: overall_value });
 
             for (s, spec) in stratifiers.iter().enumerate() {
-                let row = &tallies[p][s];
-                let ordered: Vec<(&String, &Tally)> = ordered_strata(row);
-                let decisions =
-                    suppression::suppress_strata(&ordered.iter().map(|(_, t)| t.counts()).collect::<Vec<_>>());
-                let suppressed: BTreeSet<&str> =
-                    ordered.iter().zip(&decisions).filter(|(_, d)| d.is_some()).map(|((v, _), _)| v.as_str()).collect();
-                let reference = references[s].as_deref();
-                let empty = Tally::default();
-                let reference_tally = reference.map(|r| row.get(r).unwrap_or(&empty));
-                for ((value, tally), decision) in ordered.iter().zip(&decisions) {
-                    let group = Group::Stratum { stratifier: spec.stratifier, value: (*value).clone() };
+                let row = &rows[s];
+                let decisions = suppression::suppress_strata(&row.iter().map(Tally::counts).collect::<Vec<_>>());
+                let reference = references[s].map(|label| {
+                    let index = strata[s].iter().position(|v| v == label);
+                    Reference {
+                        label,
+                        tally: index.map(|i| &row[i]),
+                        suppressed: index.is_some_and(|i| decisions[i].is_some()),
+                    }
+                });
+                for ((value, tally), decision) in strata[s].iter().zip(row).zip(&decisions) {
+                    let group = Group::Stratum { stratifier: spec.stratifier, value: value.clone() };
                     let value = match decision {
                         Some(reason) => CellValue::Suppressed(*reason),
                         None => {
-                            let comparison = compare(measure, value, tally, reference, reference_tally, &suppressed);
+                            let comparison = compare(measure, value, tally, reference.as_ref());
                             CellValue::Shown(figures(measure, tally, comparison))
                         }
                     };
@@ -238,6 +255,14 @@ pub fn evaluate(
         }
     }
     cells
+}
+
+/// The reference group of one row.
+struct Reference<'a> {
+    label: &'a str,
+    /// `None` when no patient has the configured reference value.
+    tally: Option<&'a Tally>,
+    suppressed: bool,
 }
 
 fn add(into: &mut Tally, from: &Tally) {
@@ -254,44 +279,27 @@ fn figures(measure: &MeasureDefinition, tally: &Tally, comparison: Comparison) -
     Figures { numerator: tally.numerator, denominator: tally.denominator, proportion, median_days, comparison }
 }
 
-fn compare(
-    measure: &MeasureDefinition,
-    value: &str,
-    tally: &Tally,
-    reference: Option<&str>,
-    reference_tally: Option<&Tally>,
-    suppressed: &BTreeSet<&str>,
-) -> Comparison {
+fn compare(measure: &MeasureDefinition, value: &str, tally: &Tally, reference: Option<&Reference<'_>>) -> Comparison {
     if measure.scoring != Scoring::Proportion {
         return Comparison::NotApplicable;
     }
-    let (Some(reference), Some(reference_tally)) = (reference, reference_tally) else {
+    let Some(reference) = reference else {
         return Comparison::NoReference;
     };
-    if value == reference {
+    if value == reference.label {
         Comparison::Reference
-    } else if suppressed.contains(reference) {
-        Comparison::ReferenceSuppressed { reference: reference.to_owned() }
+    } else if reference.suppressed {
+        Comparison::ReferenceSuppressed { reference: reference.label.to_owned() }
     } else {
+        let (numerator, denominator) = reference.tally.map_or((0, 0), |t| (t.numerator, t.denominator));
         Comparison::Ratio {
-            reference: reference.to_owned(),
-            ratio: stats::rate_ratio(
-                tally.numerator,
-                tally.denominator,
-                reference_tally.numerator,
-                reference_tally.denominator,
-            ),
+            reference: reference.label.to_owned(),
+            ratio: stats::rate_ratio(tally.numerator, tally.denominator, numerator, denominator),
         }
     }
 }
 
-/// Labels in order with `unknown` last.
-fn ordered_strata(row: &BTreeMap<String, Tally>) -> Vec<(&String, &Tally)> {
-    let mut ordered: Vec<(&String, &Tally)> = row.iter().filter(|(v, _)| *v != UNKNOWN_STRATUM).collect();
-    ordered.extend(row.iter().filter(|(v, _)| *v == UNKNOWN_STRATUM));
-    ordered
-}
-
+/// Every value the stratifier takes among the patients in the periods, in label order with `unknown` last.
 fn strata_of(stratifier: Stratifier, patients: &[PatientFacts], periods: &[Period]) -> Vec<String> {
     let mut values = BTreeSet::new();
     for patient in patients {
@@ -301,20 +309,29 @@ fn strata_of(stratifier: Stratifier, patients: &[PatientFacts], periods: &[Perio
             values.insert(stratifier.stratum(patient, period));
         }
     }
-    values.into_iter().collect()
+    let unknown = values.remove(UNKNOWN_STRATUM);
+    let mut ordered: Vec<String> = values.into_iter().collect();
+    if unknown {
+        ordered.push(UNKNOWN_STRATUM.to_owned());
+    }
+    ordered
 }
 
-fn largest_stratum<'a>(rows: impl Iterator<Item = &'a BTreeMap<String, Tally>>) -> Option<String> {
-    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+/// The stratum with the largest denominator over all periods, `unknown` excluded; ties go to the first label.
+fn largest_stratum<'a>(strata: &'a [String], rows: impl Iterator<Item = &'a Vec<Tally>>) -> Option<&'a str> {
+    let mut totals = vec![0u64; strata.len()];
     for row in rows {
-        for (value, tally) in row {
-            if value != UNKNOWN_STRATUM {
-                *totals.entry(value.as_str()).or_default() += tally.denominator;
-            }
+        for (total, tally) in totals.iter_mut().zip(row) {
+            *total += tally.denominator;
         }
     }
-    // max_by_key keeps the last of equal keys; iterating in reverse makes ties go to the first label.
-    totals.into_iter().rev().max_by_key(|&(_, denominator)| denominator).map(|(value, _)| value.to_owned())
+    let mut best: Option<(usize, u64)> = None;
+    for (i, (value, &total)) in strata.iter().zip(&totals).enumerate() {
+        if value != UNKNOWN_STRATUM && best.is_none_or(|(_, largest)| total > largest) {
+            best = Some((i, total));
+        }
+    }
+    best.map(|(i, _)| strata[i].as_str())
 }
 
 /// Adds what one patient contributes to the measure in the period.
