@@ -686,3 +686,105 @@ fn a_stratifier_nobody_has_a_value_for_has_no_reference() {
     let strata = cells.iter().filter(|c| c.measure == "hrsn-screening-rate" && c.group != Group::Overall).count();
     assert_eq!(strata, 1);
 }
+
+// --- properties over random populations --------------------------------------------------------------------------
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn day_of_q1(offset: u32) -> NaiveDate {
+        date("2025-12-15") + chrono::Days::new(u64::from(offset))
+    }
+
+    fn domain() -> impl Strategy<Value = HrsnDomain> {
+        proptest::sample::select(HrsnDomain::ALL.to_vec())
+    }
+
+    fn label(values: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(proptest::sample::select(values.to_vec()).prop_map(String::from))
+    }
+
+    prop_compose! {
+        fn patient()(
+            born in 1930u32..2012,
+            race in label(&["White", "Black", "Asian", "Other"]),
+            language in label(&["English", "Spanish"]),
+            county in label(&["Alpha", "Beta", "Gamma"]),
+            sex in label(&["female", "male"]),
+            encounters in proptest::collection::vec(0u32..120, 0..3),
+            screenings in proptest::collection::vec((domain(), 0u32..120, any::<bool>()), 0..7),
+            referrals in proptest::collection::vec((domain(), 0u32..120, proptest::option::of(0u32..90)), 0..3),
+        ) -> PatientFacts {
+            PatientFacts {
+                birth_date: NaiveDate::from_ymd_opt(born as i32, 6, 15),
+                sex,
+                race,
+                ethnicity: None,
+                language,
+                payer: Some("Medicaid".into()),
+                county,
+                encounters: encounters.into_iter().map(day_of_q1).collect(),
+                screenings: screenings
+                    .into_iter()
+                    .map(|(domain, day, positive)| Screening { domain, date: day_of_q1(day), positive })
+                    .collect(),
+                referrals: referrals
+                    .into_iter()
+                    .map(|(domain, day, after)| Referral {
+                        domain,
+                        created: day_of_q1(day),
+                        completed: after.map(|a| day_of_q1(day + a)),
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn shown_cells_never_carry_small_counts_and_never_stand_alone_suppressed(
+            patients in proptest::collection::vec(patient(), 0..160)
+        ) {
+            let mut periods = Period::covering(PeriodKind::Month, date("2026-01-01"), date("2026-03-31"));
+            periods.push(q1());
+            let cells = evaluate(MeasureSet::builtin().definitions(), &patients, &periods, &all_stratifiers());
+            for cell in &cells {
+                if let CellValue::Shown(f) = &cell.value {
+                    prop_assert!(!suppression::is_small(f.numerator) && !suppression::is_small(f.denominator), "{cell:?}");
+                    prop_assert!(f.numerator <= f.denominator);
+                    if let Some(p) = f.proportion {
+                        prop_assert!(0.0 <= p.interval.lower && p.interval.lower <= p.rate);
+                        prop_assert!(p.rate <= p.interval.upper && p.interval.upper <= 1.0);
+                    }
+                    if let Comparison::Ratio { ratio: Ok(r), .. } = &f.comparison {
+                        prop_assert!(r.interval.lower <= r.ratio && r.ratio <= r.interval.upper, "{r:?}");
+                    }
+                }
+            }
+            for measure in MeasureSet::builtin().definitions() {
+                for &period in &periods {
+                    let overall = find(&cells, &measure.id, period, &Group::Overall);
+                    for stratifier in Stratifier::ALL {
+                        let row: Vec<&Cell> = cells
+                            .iter()
+                            .filter(|c| c.measure == measure.id && c.period == period)
+                            .filter(|c| matches!(&c.group, Group::Stratum { stratifier: s, .. } if *s == stratifier))
+                            .collect();
+                        let suppressed = row.iter().filter(|c| matches!(c.value, CellValue::Suppressed(_))).count();
+                        prop_assert!(suppressed != 1 || row.len() == 1, "{} {period} {stratifier:?}: {row:?}", measure.id);
+                        if suppressed == 1 {
+                            prop_assert!(matches!(overall.value, CellValue::Suppressed(_)));
+                        }
+                        if let (0, CellValue::Shown(total)) = (suppressed, &overall.value) {
+                            let sum = row.iter().map(|c| counts(c)).fold((0, 0), |(n, d), (a, b)| (n + a, d + b));
+                            prop_assert_eq!(sum, (total.numerator, total.denominator));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
