@@ -590,6 +590,10 @@ fn periods_bucket_dates_and_read_labels() {
     for bad in ["2026-13", "2026-00", "2026-Q5", "2026-Q0", "26-01", "2026", "2026-1", "2026-q1", "x026-01"] {
         assert_eq!(Period::parse(bad), Err(PeriodError::NotAPeriod), "{bad}");
     }
+    assert_eq!(serde_json::to_string(&q).unwrap(), r#""2026-Q2""#);
+    assert_eq!(serde_json::from_str::<Period>(r#""2026-03""#).unwrap(), "2026-03".parse().unwrap());
+    let error = serde_json::from_str::<Period>(r#""2026-Q9""#).unwrap_err().to_string();
+    assert!(error.contains("not a period label"), "{error}");
     let quarters = Period::covering(PeriodKind::Quarter, date("2025-11-30"), date("2026-04-01"));
     assert_eq!(quarters.iter().map(Period::label).collect::<Vec<_>>(), ["2025-Q4", "2026-Q1", "2026-Q2"]);
     assert!(Period::covering(PeriodKind::Month, date("2026-02-01"), date("2026-01-01")).is_empty());

@@ -2,9 +2,10 @@
 //! in them.
 
 use std::fmt;
+use std::str::FromStr;
 
 use chrono::{Datelike, NaiveDate};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// How long a measurement period is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,6 +122,28 @@ impl fmt::Display for Period {
             PeriodKind::Month => write!(f, "{:04}-{:02}", self.start.year(), self.start.month()),
             PeriodKind::Quarter => write!(f, "{:04}-Q{}", self.start.year(), self.start.month0() / 3 + 1),
         }
+    }
+}
+
+impl FromStr for Period {
+    type Err = PeriodError;
+
+    fn from_str(label: &str) -> Result<Period, PeriodError> {
+        Period::parse(label)
+    }
+}
+
+/// A period is written as its label, in JSON, TOML and query strings alike.
+impl Serialize for Period {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Period, D::Error> {
+        let label = String::deserialize(deserializer)?;
+        Period::parse(&label).map_err(serde::de::Error::custom)
     }
 }
 
