@@ -1,5 +1,7 @@
 //! Pure SDOH logic: screening QuestionnaireResponses -> SDOHCC Observations, health-concern Conditions and
-//! Provenance (SDOH Clinical Care IG 2.2.0), plus the referral Task state machine ([`referral`]).
+//! Provenance (SDOH Clinical Care IG 2.2.0), plus the referral Task state machine ([`referral`]), the equity
+//! measures ([`measures`]: definitions, evaluator, statistics, suppression) and registry definitions, membership
+//! and pseudonyms ([`registry`]).
 //!
 //! Instruments are data (`profiles/sdoh/instruments/*.json`; domains and Condition codes in
 //! `profiles/sdoh/domains.json`), embedded at compile time and parsed once; see `profiles/sdoh/README.md`.
@@ -35,8 +37,10 @@
 
 mod ids;
 pub mod instrument;
+pub mod measures;
 mod normalize;
 pub mod referral;
+pub mod registry;
 
 pub use ids::derived_id;
 pub use instrument::{DefinitionError, Instrument, Instruments};
