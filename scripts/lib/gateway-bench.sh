@@ -7,6 +7,11 @@
 #   sample_peak_rss      records the gateway's peak VmRSS (kB) in $work/peak while it runs
 #   peak_rss_kb          prints that peak (0 if none)
 
+# The throughput benchmarks measure the FHIR and MLLP paths without authentication unless the script asks for it
+# (bench-poll.sh measures CBO polls with real tokens).
+: "${SDOH_GATEWAY_AUTH__REQUIRED:=false}"
+export SDOH_GATEWAY_AUTH__REQUIRED
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 bench_cleanup() {

@@ -27,6 +27,9 @@ enum Scenario {
     Search,
     /// POST transaction Bundles of `--transaction-size` entries (Patients plus their Observations)
     Transaction,
+    /// CBO polling: load `--tasks` referral Tasks across `--owners` CBOs (unless `--tasks 0`), then
+    /// `Task?owner=Organization/<cbo>&status=requested&_lastUpdated=gt<load start>`, each as that CBO (`--tokens-file`)
+    Poll,
 }
 
 #[derive(Debug, Parser)]
@@ -56,6 +59,19 @@ struct Args {
     /// Without it a search run samples up to --working-set Patient ids from `Patient?_count=1000` pages.
     #[arg(long)]
     ids_file: Option<std::path::PathBuf>,
+    /// Poll: referral Tasks to load before polling (0: poll what is there)
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    /// Poll: CBO Organizations the Tasks are spread over (`Organization/cbo-<n>`)
+    #[arg(long, default_value_t = 500)]
+    owners: usize,
+    /// Poll: lines `Organization/<id> <bearer token>`; each poll picks one and polls that CBO's queue as that CBO.
+    /// Without it polls go unauthenticated to random owners.
+    #[arg(long)]
+    tokens_file: Option<std::path::PathBuf>,
+    /// Bearer token for loading data (an admin or ehr client) when the server requires authentication
+    #[arg(long)]
+    token: Option<String>,
     /// Seed of the data and id choices, so runs are repeatable
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -99,11 +115,13 @@ struct Conn {
     base: Arc<Base>,
     stream: Option<BufReader<TcpStream>>,
     request: Vec<u8>,
+    /// `Authorization` header value sent with every request, if any.
+    authorization: Option<String>,
 }
 
 impl Conn {
     fn new(base: Arc<Base>) -> Conn {
-        Conn { base, stream: None, request: Vec::with_capacity(64 * 1024) }
+        Conn { base, stream: None, request: Vec::with_capacity(64 * 1024), authorization: None }
     }
 
     async fn send(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> anyhow::Result<Response> {
@@ -113,6 +131,9 @@ impl Conn {
             "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/fhir+json\r\n",
             self.base.path, self.base.host
         )?;
+        if let Some(auth) = &self.authorization {
+            write!(self.request, "Authorization: {auth}\r\n")?;
+        }
         if let Some(body) = body {
             write!(self.request, "Content-Type: application/fhir+json\r\nContent-Length: {}\r\n", body.len())?;
         }
@@ -328,7 +349,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let base = Arc::new(Base::parse(&args.base)?);
     let mut rng = Rng::new(args.seed);
     let mut setup = Conn::new(base.clone());
+    setup.authorization = args.token.as_ref().map(|t| format!("Bearer {t}"));
     let setup_started = Instant::now();
+    let poll_since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let pollers: Arc<Vec<(String, Option<String>)>> = Arc::new(match args.scenario {
+        Scenario::Poll => {
+            load_tasks(&mut setup, &mut rng, &args).await?;
+            pollers(&args)?
+        }
+        _ => Vec::new(),
+    });
+    let since = poll_since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
     // What the measured phase reads or searches: resource references (read) or Patient references (search).
     let targets: Arc<Vec<String>> = Arc::new(match args.scenario {
         Scenario::Read => create_working_set(&mut setup, &mut rng, args.working_set).await?,
@@ -348,11 +379,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..args.clients {
         let (base, next, tally, targets) = (base.clone(), next.clone(), tally.clone(), targets.clone());
+        let (pollers, since) = (pollers.clone(), since.clone());
+        let data_token = args.token.clone();
         let (scenario, total, size) = (args.scenario, args.requests, args.transaction_size);
         let mut rng = Rng::new(args.seed.wrapping_mul(1_000_003).wrapping_add(client as u64 + 1));
         let keep_ids = args.ids_file.is_some();
         tasks.spawn(async move {
             let mut conn = Conn::new(base);
+            conn.authorization = data_token.map(|t| format!("Bearer {t}"));
             let mut local = Tally::default();
             let mut body = Vec::with_capacity(64 * 1024);
             loop {
@@ -383,6 +417,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     Scenario::Read => ("GET", format!("/{}", targets[rng.below(targets.len())])),
                     Scenario::Search => {
                         ("GET", format!("/Observation?subject={}&category=survey", targets[rng.below(targets.len())]))
+                    }
+                    Scenario::Poll => {
+                        let (owner, token) = &pollers[rng.below(pollers.len())];
+                        conn.authorization = token.as_ref().map(|t| format!("Bearer {t}"));
+                        ("GET", format!("/Task?owner={owner}&status=requested&_lastUpdated=gt{since}"))
                     }
                 };
                 let sent = Instant::now();
@@ -454,7 +493,7 @@ fn account(scenario: Scenario, r: &Response, keep_ids: bool, local: &mut Tally) 
                 }
             }
         }
-        Scenario::Search => {
+        Scenario::Search | Scenario::Poll => {
             if let Ok(bundle) = serde_json::from_slice::<Value>(&r.body) {
                 let matches = bundle["entry"].as_array().into_iter().flatten();
                 local.results += matches.filter(|e| e["search"]["mode"] != "include").count() as u64;
@@ -462,6 +501,62 @@ fn account(scenario: Scenario, r: &Response, keep_ids: bool, local: &mut Tally) 
         }
         Scenario::Read => local.results += 1,
     }
+}
+
+const TASK_STATUSES: &[&str] = &["requested", "requested", "requested", "accepted", "in-progress", "completed"];
+
+/// A referral Task from the clinic to CBO `owner`, about one of a few thousand patients.
+fn referral_task(rng: &mut Rng, owner: usize, n: u64) -> Value {
+    json!({
+        "resourceType": "Task",
+        "meta": {"profile": ["http://hl7.org/fhir/us/sdoh-clinicalcare/StructureDefinition/SDOHCC-TaskForReferralManagement"]},
+        "status": rng.pick(TASK_STATUSES),
+        "intent": "order",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+        "focus": {"reference": format!("ServiceRequest/sr-{n}")},
+        "for": {"reference": format!("Patient/pat-{}", n % 5000)},
+        "authoredOn": "2026-11-01T09:00:00Z",
+        "requester": {"reference": "Organization/clinic"},
+        "owner": {"reference": format!("Organization/cbo-{owner}")},
+    })
+}
+
+/// Loads `--tasks` referral Tasks spread over `--owners` CBOs, 500 per transaction.
+async fn load_tasks(conn: &mut Conn, rng: &mut Rng, args: &Args) -> anyhow::Result<()> {
+    let mut n = 0u64;
+    while (n as usize) < args.tasks {
+        let batch = (args.tasks - n as usize).min(500);
+        let entries: Vec<Value> = (0..batch as u64)
+            .map(|i| {
+                let task = referral_task(rng, ((n + i) as usize) % args.owners.max(1), n + i);
+                json!({"resource": task, "request": {"method": "POST", "url": "Task"}})
+            })
+            .collect();
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let r = conn.send("POST", "", Some(&serde_json::to_vec(&bundle)?)).await?;
+        if r.status != 200 {
+            bail!("loading Tasks: the transaction answered {}: {}", r.status, String::from_utf8_lossy(&r.body));
+        }
+        n += batch as u64;
+    }
+    Ok(())
+}
+
+/// Who polls: (owner reference, token) pairs from --tokens-file, or every owner unauthenticated.
+fn pollers(args: &Args) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let Some(path) = &args.tokens_file else {
+        return Ok((0..args.owners.max(1)).map(|k| (format!("Organization/cbo-{k}"), None)).collect());
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pairs: Vec<(String, Option<String>)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(owner, token)| (owner.trim().to_owned(), Some(token.trim().to_owned())))
+        .collect();
+    if pairs.is_empty() {
+        bail!("{} holds no `Organization/<id> <token>` lines", path.display());
+    }
+    Ok(pairs)
 }
 
 /// Creates Patients and screening Observations (1:2) for a read run and returns their references.
@@ -550,6 +645,12 @@ fn report(args: &Args, tally: &mut Tally, elapsed: Duration, setup_s: f64, targe
                 json!((tally.results as f64 / ok.max(1) as f64 * 100.0).round() / 100.0);
         }
         Scenario::Read => report["working_set"] = json!(targets),
+        Scenario::Poll => {
+            report["tasks_loaded"] = json!(args.tasks);
+            report["owners"] = json!(args.owners);
+            report["mean_matches_per_poll"] = json!((tally.results as f64 / ok.max(1) as f64 * 100.0).round() / 100.0);
+            report["setup_s"] = json!((setup_s * 1000.0).round() / 1000.0);
+        }
     }
     if matches!(args.scenario, Scenario::Read | Scenario::Search) {
         report["setup_s"] = json!((setup_s * 1000.0).round() / 1000.0);
