@@ -136,7 +136,7 @@ fn seed(api: &Api, ehr: &Client) {
 
 const REFERRAL_CONTEXT: &[&str] =
     &["Task/task-1", "ServiceRequest/sr-1", "Patient/pat-1", "Condition/cond-food", "Consent/consent-1"];
-const OUTSIDE: &[&str] = &["Observation/obs-private", "Patient/pat-2", "Condition/cond-other", "Organization/cbo-b"];
+const OUTSIDE: &[&str] = &["Observation/obs-private", "Patient/pat-2", "Condition/cond-other"];
 
 fn referral_lifecycle(db_url: &str) {
     let dir = temp_dir();
@@ -182,6 +182,14 @@ fn referral_lifecycle(db_url: &str) {
             assert_eq!(found.contains(&reference.to_string()), visible, "search {reference} as {}", who.client_id);
         }
     }
+    // The service directory is open to every client: a platform finds CBOs by SDOH domain and county.
+    for who in [&cbo_a, &cbo_b] {
+        assert_eq!(
+            api.search_ids(who, "/fhir/HealthcareService?service-category=food-insecurity"),
+            vec!["HealthcareService/hs-a"]
+        );
+        assert_eq!(api.get(who, "/fhir/Organization/cbo-b").0, 200);
+    }
     // Includes and reverse includes, chains and _has, type and system history: never past the scope.
     let included = api.search_ids(&cbo_a, "/fhir/Task?_id=task-1&_include=Task:focus&_include=Task:patient");
     assert_eq!(included, vec!["Patient/pat-1", "ServiceRequest/sr-1", "Task/task-1"]);
@@ -196,7 +204,16 @@ fn referral_lifecycle(db_url: &str) {
     assert!(api.search_ids(&cbo_b, "/fhir/Task?owner=Organization/cbo-a").is_empty());
     assert_eq!(api.search_ids(&cbo_a, "/fhir/Task?owner=Organization/cbo-a&status=requested"), vec!["Task/task-1"]);
     let (_, history) = api.get(&cbo_b, "/fhir/_history");
-    assert!(history["entry"].as_array().is_none_or(Vec::is_empty), "CBO B's system history is empty: {history}");
+    let types: Vec<&str> = history["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["resourceType"].as_str())
+        .collect();
+    assert!(
+        types.iter().all(|t| store::DIRECTORY_TYPES.contains(t)),
+        "CBO B's history shows only the directory: {types:?}"
+    );
     let (_, history) = api.get(&cbo_a, "/fhir/_history?_count=100");
     let mut seen: Vec<String> = history["entry"]
         .as_array()

@@ -37,13 +37,19 @@ impl Scope {
     }
 }
 
-/// An SQL condition limiting the resource rows aliased `alias` to `scope`; `bind` numbers the organization's
-/// placeholder. `None` for [`Scope::All`].
+/// The service directory: resource types every scoped client may read (who offers which social-care services
+/// where), so a coordination platform can find the CBO to refer to. They carry no patient data.
+pub const DIRECTORY_TYPES: [&str; 3] = ["Organization", "HealthcareService", "Location"];
+
+/// An SQL condition limiting the resource rows aliased `alias` to `scope`: directory entries, or rows granted to
+/// the scope's organization (bound at `placeholder`). `None` for [`Scope::All`].
 pub(crate) fn scope_condition(scope: &Scope, alias: &str, placeholder: &str) -> Option<String> {
     scope.organization().map(|_| {
+        let directory: Vec<String> = DIRECTORY_TYPES.iter().map(|t| format!("'{t}'")).collect();
         format!(
-            "EXISTS (SELECT 1 FROM access_grants g WHERE g.organization = {placeholder} \
-             AND g.resource_type = {alias}.resource_type AND g.id = {alias}.id)"
+            "({alias}.resource_type IN ({}) OR EXISTS (SELECT 1 FROM access_grants g WHERE g.organization = \
+             {placeholder} AND g.resource_type = {alias}.resource_type AND g.id = {alias}.id))",
+            directory.join(", ")
         )
     })
 }
@@ -211,11 +217,14 @@ impl Store {
         self.vread(resource_type, id, version_id).await
     }
 
-    /// Whether `scope` may see the resource (always for [`Scope::All`]).
+    /// Whether `scope` may see the resource (always for [`Scope::All`] and for directory entries).
     pub async fn visible(&self, scope: &Scope, resource_type: &str, id: &str) -> Result<bool> {
         let Some(org) = scope.organization() else {
             return Ok(true);
         };
+        if DIRECTORY_TYPES.contains(&resource_type) {
+            return Ok(true);
+        }
         let sql =
             "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 LIMIT 1";
         with_read_pool!(self, pool => {
@@ -242,6 +251,9 @@ impl StoreTx {
         let Some(org) = scope.organization() else {
             return Ok(true);
         };
+        if DIRECTORY_TYPES.contains(&resource_type) {
+            return Ok(true);
+        }
         let sql =
             "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 LIMIT 1";
         with_tx_conn!(self, conn => {

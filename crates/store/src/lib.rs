@@ -21,7 +21,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
-pub use access::{ApiClient, CLIENT_ROLES, Grant, NewClientCredentials, Scope, is_organization_reference};
+pub use access::{
+    ApiClient, CLIENT_ROLES, DIRECTORY_TYPES, Grant, NewClientCredentials, Scope, is_organization_reference,
+};
 pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};

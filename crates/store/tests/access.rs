@@ -52,6 +52,12 @@ async fn grants_decide_every_scoped_read(db: TestDb) {
 
     let a = Scope::Organization("Organization/a".into());
     let b = Scope::Organization("Organization/b".into());
+    // The service directory is readable by every scope; nothing else is without a grant.
+    put(&store, "HealthcareService", "hs", &[]).await;
+    assert!(store.read_as(&b, "HealthcareService", "hs").await.unwrap().is_some());
+    let services =
+        SearchQuery { resource_type: "HealthcareService".into(), count: 10, scope: b.clone(), ..Default::default() };
+    assert_eq!(ids(&store, services).await, ["hs"]);
     assert!(store.read_as(&a, "Patient", "p1").await.unwrap().is_some());
     assert!(store.read_as(&a, "Patient", "p2").await.unwrap().is_none());
     assert!(store.read_as(&b, "Patient", "p1").await.unwrap().is_none());
@@ -100,7 +106,7 @@ async fn grants_decide_every_scoped_read(db: TestDb) {
     let history = store.history(&HistoryQuery { limit: 100, scope: a.clone(), ..Default::default() }).await.unwrap();
     let mut seen: Vec<_> = history.iter().map(|h| h.resource.id.as_str()).collect();
     seen.sort();
-    assert_eq!(seen, ["o-shared", "p1"]);
+    assert_eq!(seen, ["hs", "o-shared", "p1"]);
 
     // A Task's grants are replaced as a whole; grants made by creation stay.
     let mut tx = store.begin().await.unwrap();

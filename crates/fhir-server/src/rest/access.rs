@@ -3,7 +3,8 @@
 //! Reads are not filtered here: the caller's [`Scope`] goes to the store with every read, which compiles it into
 //! the query. This module decides the coarse rules the store cannot know: which roles may use the FHIR API at all
 //! and which resource types a role may write. Denials are 403 for what a role may never do, and 404 (from the
-//! store) for resources outside the caller's scope, so a CBO cannot tell "not yours" from "not there".
+//! store) for resources outside the caller's scope, so a CBO cannot tell "not yours" from "not there". The service
+//! directory (`store::DIRECTORY_TYPES`: Organization, HealthcareService, Location) is readable by every client.
 
 use store::{Scope, StoreError};
 

@@ -52,13 +52,15 @@ pub async fn put_as(
     access::check_change(caller, &resource_type, Change::Write)?;
     let needs_before = caller.principal().is_some() || resource_type == "Task";
     let before = if needs_before {
-        match tx.read(&resource_type, &id).await?.filter(|s| !s.deleted) {
-            Some(stored) if !tx.visible(&access::scope(caller), &resource_type, &id).await? => {
-                drop(stored);
+        // Anything stored under this id, deleted or not, outside the caller's scope is not theirs to take over.
+        match tx.read(&resource_type, &id).await? {
+            Some(_) if !tx.visible(&access::scope(caller), &resource_type, &id).await? => {
                 return Err(StoreError::NotFound { resource_type, id });
             }
-            Some(stored) => stored.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
-            None => None,
+            Some(stored) if !stored.deleted => {
+                stored.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok())
+            }
+            _ => None,
         }
     } else {
         None
