@@ -391,6 +391,9 @@ impl Store {
 
     /// History newest first: of one resource, one type, or the whole system.
     pub async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        if query.scope.organization().is_some() {
+            return crate::search::scoped_history(self, query).await;
+        }
         let mut sql = format!("SELECT seq, {SELECT_COLUMNS} FROM resource_history WHERE 1 = 1");
         let mut texts: Vec<&str> = Vec::new();
         let mut numbers: Vec<i64> = Vec::new();
@@ -406,13 +409,6 @@ impl Store {
         if let Some(id) = &query.id {
             sql += &format!(" AND id = ${}", next());
             texts.push(id);
-        }
-        // Texts are bound before numbers, so the scope's placeholder comes before the numeric ones.
-        if let Some(org) = query.scope.organization() {
-            let placeholder = format!("${}", next());
-            let condition = crate::access::scope_condition(&query.scope, "resource_history", &placeholder);
-            sql += &format!(" AND {}", condition.unwrap_or_default());
-            texts.push(org);
         }
         for (op, value) in [(">=", query.since.map(Timestamp::micros)), ("<=", query.until.map(Timestamp::micros))] {
             if let Some(v) = value {

@@ -854,6 +854,56 @@ fn scope_filter(scope: &crate::Scope, alias: &str, placeholder: &str) -> String 
     scope_condition(scope, alias, placeholder).unwrap_or_else(|| "1 = 1".to_owned())
 }
 
+/// History as a scoped client may see it, driven by the client's grants rather than by the whole history: a CBO
+/// polling `_history` costs what its own referrals hold, however busy the rest of the system is. The directory
+/// types are listed alongside (they are few).
+pub(crate) async fn scoped_history(store: &Store, query: &crate::HistoryQuery) -> Result<Vec<crate::HistoryEntry>> {
+    let Some(org) = query.scope.organization() else {
+        return Err(StoreError::Invalid("scoped history needs an organization".into()));
+    };
+    let mut c = Compiler::new();
+    let filters = |c: &mut Compiler| {
+        let mut f = String::new();
+        if let Some(t) = &query.resource_type {
+            f += &format!(" AND h.resource_type = {}", c.text(t));
+        }
+        if let Some(id) = &query.id {
+            f += &format!(" AND h.id = {}", c.text(id));
+        }
+        if let Some(since) = query.since {
+            f += &format!(" AND h.last_updated_us >= {}", c.bind(Bind::Int(since.micros())));
+        }
+        if let Some(until) = query.until {
+            f += &format!(" AND h.last_updated_us <= {}", c.bind(Bind::Int(until.micros())));
+        }
+        if let Some(cursor) = query.before_seq {
+            f += &format!(" AND h.seq < {}", c.bind(Bind::Int(cursor)));
+        }
+        f
+    };
+    let granted_filters = filters(&mut c);
+    let o = c.text(org);
+    let directory_filters = filters(&mut c);
+    let directory: Vec<String> = crate::DIRECTORY_TYPES.iter().map(|t| format!("'{t}'")).collect();
+    let limit = c.bind(Bind::Int(i64::from(query.limit.max(1))));
+    let sql = format!(
+        "SELECT seq, resource_type, id, version_id, last_updated_us, deleted, content FROM resource_history \
+         WHERE seq IN (\
+           SELECT h.seq FROM resource_history h WHERE (h.resource_type, h.id) IN \
+             (SELECT g.resource_type, g.id FROM access_grants g WHERE g.organization = {o}){granted_filters} \
+           UNION ALL \
+           SELECT h.seq FROM resource_history h WHERE h.resource_type IN ({}){directory_filters}\
+         ) ORDER BY seq DESC LIMIT {limit}",
+        directory.join(", ")
+    );
+    with_read_pool!(store, pool => {
+        let rows = bind_all!(sqlx::query(&sql), &c.binds).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| Ok(crate::HistoryEntry { seq: row.try_get("seq")?, resource: row_to_resource(row)? }))
+            .collect()
+    })
+}
+
 /// Runs a compiled search on any executor (the read pool, or a transaction's connection).
 macro_rules! run_search {
     ($query:expr, $compiled:expr, $exec:expr) => {{

@@ -107,6 +107,16 @@ async fn grants_decide_every_scoped_read(db: TestDb) {
     let mut seen: Vec<_> = history.iter().map(|h| h.resource.id.as_str()).collect();
     seen.sort();
     assert_eq!(seen, ["hs", "o-shared", "p1"]);
+    let typed =
+        HistoryQuery { resource_type: Some("Observation".into()), limit: 100, scope: a.clone(), ..Default::default() };
+    let typed = store.history(&typed).await.unwrap();
+    assert_eq!(typed.iter().map(|h| h.resource.id.as_str()).collect::<Vec<_>>(), ["o-shared"]);
+    let newest = history.iter().map(|h| h.seq).max().unwrap();
+    let older = HistoryQuery { before_seq: Some(newest), limit: 100, scope: a.clone(), ..Default::default() };
+    assert_eq!(store.history(&older).await.unwrap().len(), 2, "paging by seq cursor works scoped");
+    let later =
+        HistoryQuery { since: Some(store::Timestamp::now()), limit: 100, scope: a.clone(), ..Default::default() };
+    assert!(store.history(&later).await.unwrap().is_empty());
 
     // A Task's grants are replaced as a whole; grants made by creation stay.
     let mut tx = store.begin().await.unwrap();
