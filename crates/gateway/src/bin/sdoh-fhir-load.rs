@@ -69,6 +69,10 @@ struct Args {
     /// Without it polls go unauthenticated to random owners.
     #[arg(long)]
     tokens_file: Option<std::path::PathBuf>,
+    /// Poll: what each poll asks, `task` (`Task?owner=...&status=requested&_lastUpdated=gt...`) or `history`
+    /// (`_history?_since=...`, as the polling CBO)
+    #[arg(long, default_value = "task")]
+    poll_query: String,
     /// Bearer token for loading data (an admin or ehr client) when the server requires authentication
     #[arg(long)]
     token: Option<String>,
@@ -82,6 +86,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !matches!(args.poll_query.as_str(), "task" | "history") {
+        bail!("--poll-query must be task or history");
+    }
     // One thread: the generator shares two cores with the server it measures, so it should take little of them.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run(args))
@@ -381,6 +388,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (base, next, tally, targets) = (base.clone(), next.clone(), tally.clone(), targets.clone());
         let (pollers, since) = (pollers.clone(), since.clone());
         let data_token = args.token.clone();
+        let history_polls = args.poll_query == "history";
         let (scenario, total, size) = (args.scenario, args.requests, args.transaction_size);
         let mut rng = Rng::new(args.seed.wrapping_mul(1_000_003).wrapping_add(client as u64 + 1));
         let keep_ids = args.ids_file.is_some();
@@ -421,7 +429,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     Scenario::Poll => {
                         let (owner, token) = &pollers[rng.below(pollers.len())];
                         conn.authorization = token.as_ref().map(|t| format!("Bearer {t}"));
-                        ("GET", format!("/Task?owner={owner}&status=requested&_lastUpdated=gt{since}"))
+                        if history_polls {
+                            ("GET", format!("/_history?_since={since}"))
+                        } else {
+                            ("GET", format!("/Task?owner={owner}&status=requested&_lastUpdated=gt{since}"))
+                        }
                     }
                 };
                 let sent = Instant::now();
@@ -648,6 +660,7 @@ fn report(args: &Args, tally: &mut Tally, elapsed: Duration, setup_s: f64, targe
         Scenario::Poll => {
             report["tasks_loaded"] = json!(args.tasks);
             report["owners"] = json!(args.owners);
+            report["poll_query"] = json!(args.poll_query);
             report["mean_matches_per_poll"] = json!((tally.results as f64 / ok.max(1) as f64 * 100.0).round() / 100.0);
             report["setup_s"] = json!((setup_s * 1000.0).round() / 1000.0);
         }
