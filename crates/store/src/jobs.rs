@@ -182,6 +182,49 @@ impl StoreTx {
     }
 }
 
+/// The statement that records a failed attempt, what it decides, the retry time and the error as stored.
+fn fail_statement(job: &Job, error: &str, backoff: &Backoff) -> (&'static str, FailOutcome, i64, String) {
+    let error: String = error.chars().take(2000).collect();
+    if job.attempts >= job.max_attempts {
+        (
+            "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = $3, run_at_us = $4 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
+            FailOutcome::DeadLettered,
+            Timestamp::now().micros(),
+            error,
+        )
+    } else {
+        let delay = i64::try_from(backoff.delay(job.attempts).as_micros()).unwrap_or(i64::MAX);
+        let at = Timestamp(Timestamp::now().micros().saturating_add(delay));
+        (
+            "UPDATE jobs SET state = 'ready', lease_token = NULL, last_error = $3, run_at_us = $4 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
+            FailOutcome::RetryAt(at),
+            at.micros(),
+            error,
+        )
+    }
+}
+
+impl StoreTx {
+    /// [`Store::fail`] inside this transaction, so what the failure also records (an outbound log row) commits
+    /// with it.
+    pub async fn fail_job(&mut self, job: &Job, error: &str, backoff: &Backoff) -> Result<FailOutcome> {
+        let (sql, outcome, run_at, error) = fail_statement(job, error, backoff);
+        let updated = with_tx_conn!(self, conn => {
+            sqlx::query(sql)
+                .bind(job.id)
+                .bind(job.lease_token)
+                .bind(&error)
+                .bind(run_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        if updated == 1 { Ok(outcome) } else { Err(StoreError::LeaseLost { job_id: job.id }) }
+    }
+}
+
 impl Store {
     /// Queues one job in its own transaction.
     pub async fn enqueue(&self, job: &NewJob) -> Result<()> {
@@ -269,26 +312,7 @@ impl Store {
 
     /// Records a failed attempt: retried after a backoff delay, or dead-lettered after the last attempt.
     pub async fn fail(&self, job: &Job, error: &str, backoff: &Backoff) -> Result<FailOutcome> {
-        let error: String = error.chars().take(2000).collect();
-        let (sql, outcome) = if job.attempts >= job.max_attempts {
-            (
-                "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = $3 \
-                 WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
-                FailOutcome::DeadLettered,
-            )
-        } else {
-            let delay = i64::try_from(backoff.delay(job.attempts).as_micros()).unwrap_or(i64::MAX);
-            let at = Timestamp(Timestamp::now().micros().saturating_add(delay));
-            (
-                "UPDATE jobs SET state = 'ready', lease_token = NULL, last_error = $3, run_at_us = $4 \
-                 WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
-                FailOutcome::RetryAt(at),
-            )
-        };
-        let run_at = match outcome {
-            FailOutcome::RetryAt(at) => at.micros(),
-            FailOutcome::DeadLettered => 0,
-        };
+        let (sql, outcome, run_at, error) = fail_statement(job, error, backoff);
         let updated = with_write_pool!(self, pool => {
             sqlx::query(sql)
                 .bind(job.id)

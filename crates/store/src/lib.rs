@@ -7,6 +7,7 @@
 mod error;
 mod jobs;
 mod journal;
+mod outbound;
 mod resources;
 mod search;
 mod time;
@@ -23,6 +24,7 @@ use tokio::sync::Notify;
 pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
+pub use outbound::{OutboundAck, OutboundQuery, OutboundRecord, OutboundState};
 pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
 pub use search::*;
 pub use time::{Timestamp, format_instant};
