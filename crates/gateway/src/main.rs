@@ -1,6 +1,6 @@
-//! The `sdoh-gateway` command: serve, migrate, check-config, messages.
+//! The `sdoh-gateway` command: serve, migrate, check-config, messages, outbound.
 
-use gateway::{config, messages_cli, serve, telemetry};
+use gateway::{config, messages_cli, outbound_cli, serve, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,9 @@ enum Command {
     /// The HL7 v2 message journal: list, show, reprocess.
     #[command(subcommand)]
     Messages(messages_cli::MessagesCommand),
+    /// Outbound HL7 v2 messages (application ACKs, referral status updates) and their ACKs: list, show.
+    #[command(subcommand)]
+    Outbound(outbound_cli::OutboundCommand),
 }
 
 /// Exit status for configuration errors, as for command-line usage errors.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Messages(command) => messages_cli::run(&config, command).await,
+            Command::Outbound(command) => outbound_cli::run(&config, command).await,
             Command::CheckConfig => unreachable!("handled before the runtime starts"),
         }
     });

@@ -11,6 +11,7 @@ mod handlers;
 mod history;
 mod media;
 pub mod patch;
+pub mod referral_status;
 mod search;
 mod summary;
 pub mod validate;

@@ -56,7 +56,8 @@ pub async fn delete(
 }
 
 /// Queues the work a new version triggers. A QuestionnaireResponse is normalized into screening Observations and
-/// health concerns whichever way it arrived (REST, Bundle, HL7 v2 conversion).
+/// health concerns whichever way it arrived (REST, Bundle, HL7 v2 conversion); a referral Task from an HL7 v2 REF
+/// reports its status changes back to the referring EHR.
 async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<(), StoreError> {
     if version.resource_type == "QuestionnaireResponse" {
         let payload = json!({
@@ -66,5 +67,6 @@ async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<(), 
         });
         tx.enqueue(&NewJob::new(NORMALIZE_QUEUE, payload.to_string())).await?;
     }
+    super::referral_status::after_change(tx, version).await?;
     Ok(())
 }
