@@ -207,6 +207,20 @@ fn fail_statement(job: &Job, error: &str, backoff: &Backoff) -> (&'static str, F
 }
 
 impl StoreTx {
+    /// Whether `job`'s queue still holds an older job that is not dead-lettered (waiting, leased or due for a
+    /// retry): a worker that must apply a queue strictly in order, across replicas and retries, defers `job` then.
+    pub async fn earlier_job_pending(&mut self, job: &Job) -> Result<bool> {
+        let found = with_tx_conn!(self, conn => {
+            sqlx::query("SELECT id FROM jobs WHERE queue = $1 AND id < $2 AND state <> 'dead' LIMIT 1")
+                .bind(&job.queue)
+                .bind(job.id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .is_some()
+        });
+        Ok(found)
+    }
+
     /// [`Store::fail`] inside this transaction, so what the failure also records (an outbound log row) commits
     /// with it.
     pub async fn fail_job(&mut self, job: &Job, error: &str, backoff: &Backoff) -> Result<FailOutcome> {

@@ -3,10 +3,12 @@
 //! completes the job, so each status change is queued exactly once even if the worker dies half-way.
 //!
 //! The RRI reports the status of the version named in the job, not the current one: three quick changes give three
-//! RRIs in order. One worker task consumes the queue (per replica), which keeps them in order per Task.
+//! RRIs in order. One worker task consumes the queue (per replica), taking the oldest job first; a job whose queue
+//! still holds an older one (being reported by another replica, or waiting for its retry) is deferred, so the RRIs
+//! are queued for delivery in the order of the changes even across replicas and failures.
 
 use serde_json::Value;
-use store::{Job, Store, StoreError, StoreTx};
+use store::{Backoff, Job, Store, StoreError, StoreTx};
 
 use super::{WorkerSettings, dead_letter, retry_later};
 use crate::outbound::{self, OutboundError, OutboundMessage};
@@ -49,7 +51,14 @@ pub(super) async fn run_job(store: &Store, job: Job, settings: &WorkerSettings) 
     };
     settings.give_way().await;
     match report(store, &payload, &job, settings).await {
-        Ok(outcome) => {
+        Ok(None) => {
+            tracing::debug!(job_id = job.id, "referral status job deferred behind an earlier one");
+            let reason = "an earlier referral status change is still being reported";
+            if let Err(e) = store.fail(&job, reason, &Backoff::default()).await {
+                tracing::warn!(job_id = job.id, error = %e, "could not defer the referral status job (lease expires)");
+            }
+        }
+        Ok(Some(outcome)) => {
             metrics::counter!("rri_total", "outcome" => outcome.label()).increment(1);
             let (id, version) = (&payload.id, payload.version_id);
             match outcome {
@@ -83,18 +92,23 @@ pub(super) async fn run_job(store: &Store, job: Job, settings: &WorkerSettings) 
     }
 }
 
-/// Builds the RRI for the Task version and queues it, completing `job`, in one transaction.
+/// Builds the RRI for the Task version and queues it, completing `job`, in one transaction; `None` (nothing done)
+/// while an older job of the queue is still pending.
 async fn report(
     store: &Store,
     payload: &Payload,
     job: &Job,
     settings: &WorkerSettings,
-) -> Result<RriOutcome, StoreError> {
+) -> Result<Option<RriOutcome>, StoreError> {
     let mut tx = store.begin().await?;
+    if tx.earlier_job_pending(job).await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
     let outcome = build_and_queue(&mut tx, payload, settings).await?;
     tx.complete_job(job).await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok(Some(outcome))
 }
 
 async fn build_and_queue(
