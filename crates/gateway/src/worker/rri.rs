@@ -180,3 +180,14 @@ async fn referenced(tx: &mut StoreTx, resource: &Value, element: &str) -> Result
     }
     Ok(tx.read(resource_type, id).await?.filter(|c| !c.deleted).and_then(|c| json(c.content)))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_trigger_recognises_the_sources_the_conversion_writes() {
+        assert_eq!(fhir_server::rest::referral_status::V2_SOURCE_PREFIX, v2fhir::MESSAGE_SOURCE_PREFIX);
+        let source = v2fhir::MessageSource { control_id: "REF-1".into(), ..Default::default() };
+        let task = serde_json::json!({"meta": {"source": source.to_uri()}});
+        assert_eq!(fhir_server::rest::referral_status::v2_source(&task), Some(source.to_uri().as_str()));
+    }
+}
