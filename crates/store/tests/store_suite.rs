@@ -26,6 +26,7 @@ for_each_backend!(
     invalid_resources_are_refused,
     journal_stores_once_queues_a_job_and_lists_without_bodies,
     journal_status_and_reprocess,
+    outbound_log_follows_its_jobs_transactions,
 );
 
 fn patient(id: &str, family: &str) -> Value {
@@ -549,4 +550,95 @@ async fn journal_status_and_reprocess(db: TestDb) {
     assert_eq!(requeued.len(), 1);
     assert_eq!(store::journal_ids_of(&requeued[0].payload), Some(vec![ids[1]]));
     assert_eq!(store.journal_reprocess(&[999_999], "convert", 5).await.unwrap(), 0, "unknown ids are skipped");
+}
+
+/// The outbound log: a row per queued message, written and settled in the transactions of its job (a rolled-back
+/// queueing leaves none; a failure that loses its lease records nothing); lists newest first by state and
+/// destination, without the receivers' texts; `earlier_job_pending` sees older live jobs of the queue only.
+async fn outbound_log_follows_its_jobs_transactions(db: TestDb) {
+    use store::{OutboundAck, OutboundQuery, OutboundState};
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    tx.log_outbound_queued("gone", "ACK^A01^ACK", "X").await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let first = tx.log_outbound_queued("ehr", "RRI^I12^RRI_I12", "C1").await.unwrap();
+    tx.enqueue(&NewJob::new("out", first.to_string()).max_attempts(2)).await.unwrap();
+    let second = tx.log_outbound_queued("ehr", "RRI^I12^RRI_I12", "C2").await.unwrap();
+    tx.enqueue(&NewJob::new("out", second.to_string()).max_attempts(2)).await.unwrap();
+    let other = tx.log_outbound_queued("lab", "ACK^R01^ACK", "C3").await.unwrap();
+    tx.commit().await.unwrap();
+    let listed = |state: Option<OutboundState>, destination: Option<&str>| {
+        let query = OutboundQuery { state, destination: destination.map(str::to_owned), limit: 10, before_id: None };
+        let store = store.clone();
+        async move { store.outbound_list(&query).await.unwrap().into_iter().map(|m| m.control_id).collect::<Vec<_>>() }
+    };
+    assert_eq!(listed(None, None).await, ["C3", "C2", "C1"], "newest first, the rolled-back one absent");
+    assert_eq!(listed(Some(OutboundState::Queued), Some("ehr")).await, ["C2", "C1"]);
+
+    let jobs = store.claim("out", 2, Duration::from_secs(30)).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert!(!tx.earlier_job_pending(&jobs[0]).await.unwrap());
+    assert!(tx.earlier_job_pending(&jobs[1]).await.unwrap());
+    tx.rollback().await.unwrap();
+
+    // First attempt of C1: sent, answered AE (negative ACK recorded), retried.
+    store.log_outbound_sending(first, jobs[0].attempts).await.unwrap();
+    assert_eq!(listed(Some(OutboundState::Sent), None).await, ["C1"]);
+    let negative = OutboundAck {
+        code: "AE".into(),
+        control_id: Some("A1".into()),
+        error_code: Some("207".into()),
+        text: Some("receiver busy".into()),
+    };
+    let immediate = Backoff { base: Duration::ZERO, max: Duration::ZERO };
+    let mut tx = store.begin().await.unwrap();
+    assert!(matches!(
+        tx.fail_job(&jobs[0], "answered AE (HL7 error 207)", &immediate).await.unwrap(),
+        FailOutcome::RetryAt(_)
+    ));
+    tx.log_outbound_failed(first, jobs[0].attempts, false, Some(&negative), "answered AE (HL7 error 207)")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let record = store.outbound_record(first).await.unwrap().unwrap();
+    assert_eq!((record.state.as_str(), record.attempts), ("failed", 1));
+    assert_eq!((record.ack_code.as_deref(), record.ack_error_code.as_deref()), (Some("AE"), Some("207")));
+    assert_eq!(record.ack_text.as_deref(), Some("receiver busy"), "shown one at a time");
+    let list = store.outbound_list(&OutboundQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert!(list.iter().all(|m| m.ack_text.is_none()), "lists leave the receivers' texts out");
+
+    // A failure recorded with a lost lease commits nothing, the log included.
+    let stale = store::Job { lease_token: jobs[1].lease_token ^ 1, ..jobs[1].clone() };
+    let mut tx = store.begin().await.unwrap();
+    assert!(matches!(tx.fail_job(&stale, "late", &immediate).await, Err(StoreError::LeaseLost { .. })));
+    drop(tx);
+    assert_eq!(store.outbound_record(second).await.unwrap().unwrap().state, "queued");
+
+    // Second attempt of C1 is acknowledged with the job's completion; C2 dies on its last attempt.
+    let mut tx = store.begin().await.unwrap();
+    tx.complete_job(&jobs[1]).await.unwrap();
+    tx.commit().await.unwrap();
+    let retry = store.claim("out", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    assert_eq!((retry.id, retry.attempts), (jobs[0].id, 2));
+    let positive = OutboundAck { code: "AA".into(), control_id: Some("A2".into()), ..Default::default() };
+    let mut tx = store.begin().await.unwrap();
+    tx.complete_job(&retry).await.unwrap();
+    tx.log_outbound_acknowledged(first, retry.attempts, &positive).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.log_outbound_failed(second, 2, true, None, "connect to destination failed").await.unwrap();
+    tx.commit().await.unwrap();
+
+    let record = store.outbound_record(first).await.unwrap().unwrap();
+    assert_eq!((record.state.as_str(), record.attempts, record.ack_code.as_deref()), ("acknowledged", 2, Some("AA")));
+    assert!(record.acknowledged.is_some() && record.sent.is_some());
+    let dead = store.outbound_record(second).await.unwrap().unwrap();
+    assert_eq!((dead.state.as_str(), dead.ack_code.as_deref()), ("dead", None));
+    assert_eq!(dead.last_error.as_deref(), Some("connect to destination failed"));
+    assert!(store.outbound_record(other + 1000).await.unwrap().is_none());
+    let mut counts = store.outbound_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [("acknowledged".to_owned(), 1), ("dead".to_owned(), 1), ("queued".to_owned(), 1)]);
 }
