@@ -2,7 +2,8 @@
 //! Task; each status change a CBO makes through the FHIR API goes back to the referring EHR as an RRI^I12 over
 //! outbound MLLP, in order, retried until acknowledged, and every one is recorded with its ACK in the outbound log
 //! (`/admin/outbound`, `sdoh-gateway outbound`, `/metrics`). The EHR's own update (REF^I14) is not echoed back, and a
-//! Task whose EHR has no outbound destination is counted, not lost silently. SQLite and PostgreSQL.
+//! Task whose EHR has no outbound destination is counted, not lost silently. SQLite and PostgreSQL; a mutual-TLS
+//! destination.
 
 mod support;
 
@@ -303,4 +304,75 @@ fn postgres_referral_status_goes_back_to_the_ehr_as_rri() {
         .unwrap()
         .block_on(postgres_schema_url(&postgres_url()));
     referral_status_round_trip(&url);
+}
+
+/// The destination of an RRI may require mutual TLS: the EHR verifies the gateway's client certificate, the gateway
+/// verifies the EHR's server certificate.
+#[test]
+fn referral_status_goes_to_a_mutual_tls_destination() {
+    let pki = support::pki::Pki::generate();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let tls = ::mllp::TlsServerConfig {
+        cert_chain_pem: pki.server_cert.clone(),
+        key_pem: pki.server_key.clone(),
+        client_ca_pem: Some(pki.ca.clone()),
+    };
+    let server = runtime
+        .block_on(::mllp::Server::bind(
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+            ::mllp::ListenerConfig { tls: Some(tls), ..Default::default() },
+        ))
+        .expect("bind the test EHR");
+    let ehr = server.local_addr().unwrap();
+    let (sender, received) = mpsc::channel();
+    let handler = ::mllp::handler_fn(move |conn: ::mllp::ConnectionInfo, frame: bytes::Bytes| {
+        let sender = sender.clone();
+        async move {
+            let message = hl7v2::Message::parse(&frame).expect("the gateway sends valid HL7");
+            let ack = hl7v2::Ack::accept(&message.header(), "20261123", "TLS-ACK").build();
+            let _ = sender.send((frame.to_vec(), conn.tls_client_subject.clone()));
+            ::mllp::Reply::Send(bytes::Bytes::from(ack))
+        }
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    runtime.spawn(async move { server.run(std::sync::Arc::new(handler), stopped.cancelled_owned()).await });
+
+    let dir = temp_dir();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[outbound]\nbackoff_base_ms = 50\npoll_interval_ms = 100\n\n[[outbound.destinations]]\nname = \"clinic-tls\"\n\
+             address = \"{ehr}\"\nreceiving_application = \"EPIC\"\nack_timeout_secs = 5\n\n\
+             [outbound.destinations.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nserver_name = \"localhost\"\n",
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display()
+        ),
+    )
+    .unwrap();
+    let url = format!("sqlite:{}", dir.path().join("tls.db").display());
+    let config = config.display().to_string();
+    let mut gw =
+        Gateway::start(dir.path(), &["--config", &config, "--database-url", &url, "--http-listen", "127.0.0.1:0"], &[]);
+    let (http_addr, mllp_addr) = gw.wait_ready_both();
+    send_acked(mllp_addr, &message("ref_i12.hl7", "RS-TLS-1", &[]));
+    wait_converted(http_addr, "RS-TLS-1");
+    let mut task = task_from(http_addr, "RS-TLS-1");
+    task["status"] = json!("rejected");
+    put_task(http_addr, &task);
+
+    let (rri, subject) = received.recv_timeout(DEADLINE).expect("an RRI^I12 over TLS");
+    assert_eq!(subject.as_deref(), Some(support::pki::CLIENT_SUBJECT));
+    assert_eq!(field(&rri, "MSH", 9).as_deref(), Some("RRI^I12^RRI_I12"));
+    assert_eq!((component(&rri, "RF1", 1, 1), component(&rri, "RF1", 1, 4)), ("R".into(), "rejected".into()));
+    let log = wait_for("the RRI acknowledged in the outbound log", || {
+        let listed = get_json(http_addr, "/admin/outbound?destination=clinic-tls&state=acknowledged");
+        listed["messages"].as_array().filter(|m| m.len() == 1).cloned()
+    });
+    assert_eq!(log[0]["control_id"].as_str(), field(&rri, "MSH", 10).as_deref());
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+    stop.cancel();
 }
