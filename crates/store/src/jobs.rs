@@ -137,6 +137,25 @@ impl StoreTx {
         Ok(())
     }
 
+    /// [`StoreTx::enqueue`], returning the new job's id (to record alongside it).
+    pub async fn enqueue_returning_id(&mut self, job: &NewJob) -> Result<i64> {
+        let now = Timestamp::now();
+        let sql = format!("{INSERT_JOB} RETURNING id");
+        let id = with_tx_conn!(self, conn => {
+            sqlx::query(&sql)
+                .bind(&job.queue)
+                .bind(&job.payload)
+                .bind(job.max_attempts)
+                .bind(job.run_at.unwrap_or(now).micros())
+                .bind(now.micros())
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get::<i64, _>(0)?
+        });
+        self.enqueued_jobs = true;
+        Ok(id)
+    }
+
     /// Queues many jobs with one multi-row statement per chunk.
     pub async fn enqueue_many(&mut self, jobs: &[NewJob]) -> Result<()> {
         let now = Timestamp::now();

@@ -62,6 +62,8 @@ pub struct OutboundAck {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OutboundRecord {
     pub id: i64,
+    /// The delivery job (while it exists: a dead one can be requeued by this id).
+    pub job_id: i64,
     pub destination: String,
     pub message_type: String,
     pub control_id: String,
@@ -105,7 +107,7 @@ pub struct OutboundQuery {
     pub limit: u32,
 }
 
-const COLUMNS: &str = "id, destination, message_type, control_id, state, attempts, queued_us, sent_us, \
+const COLUMNS: &str = "id, job_id, destination, message_type, control_id, state, attempts, queued_us, sent_us, \
      acknowledged_us, updated_us, ack_code, ack_control_id, ack_error_code, last_error";
 
 /// Longest receiver text or error kept (characters).
@@ -116,9 +118,10 @@ fn clip(text: &str) -> String {
 }
 
 impl StoreTx {
-    /// Logs a message being queued (in the transaction that queues its job) and returns its log id.
+    /// Logs a message being queued as job `job_id` (in the transaction that queues the job); returns its log id.
     pub async fn log_outbound_queued(
         &mut self,
+        job_id: i64,
         destination: &str,
         message_type: &str,
         control_id: &str,
@@ -126,13 +129,14 @@ impl StoreTx {
         let now = Timestamp::now().micros();
         let id = with_tx_conn!(self, conn => {
             sqlx::query(
-                "INSERT INTO outbound_messages (destination, message_type, control_id, state, attempts, queued_us, \
-                 updated_us) VALUES ($1, $2, $3, 'queued', 0, $4, $4) RETURNING id",
+                "INSERT INTO outbound_messages (job_id, destination, message_type, control_id, state, attempts, \
+                 queued_us, updated_us) VALUES ($5, $1, $2, $3, 'queued', 0, $4, $4) RETURNING id",
             )
             .bind(destination)
             .bind(message_type)
             .bind(control_id)
             .bind(now)
+            .bind(job_id)
             .fetch_one(&mut *conn)
             .await?
             .try_get::<i64, _>(0)?
@@ -140,16 +144,16 @@ impl StoreTx {
         Ok(id)
     }
 
-    /// Records the positive ACK of attempt `attempts` (in the transaction that completes the job).
-    pub async fn log_outbound_acknowledged(&mut self, id: i64, attempts: i32, ack: &OutboundAck) -> Result<()> {
+    /// Records the positive ACK of attempt `attempts` of job `job_id` (in the transaction that completes it).
+    pub async fn log_outbound_acknowledged(&mut self, job_id: i64, attempts: i32, ack: &OutboundAck) -> Result<()> {
         let now = Timestamp::now().micros();
         with_tx_conn!(self, conn => {
             sqlx::query(
                 "UPDATE outbound_messages SET state = 'acknowledged', attempts = $2, acknowledged_us = $3, \
                  updated_us = $3, sent_us = COALESCE(sent_us, $3), ack_code = $4, ack_control_id = $5, \
-                 ack_error_code = $6, ack_text = $7 WHERE id = $1",
+                 ack_error_code = $6, ack_text = $7 WHERE job_id = $1",
             )
-            .bind(id)
+            .bind(job_id)
             .bind(attempts)
             .bind(now)
             .bind(&ack.code)
@@ -162,11 +166,11 @@ impl StoreTx {
         Ok(())
     }
 
-    /// Records a failed attempt (in the transaction that fails the job): `failed` when it will be retried, `dead`
-    /// when it was the last. `ack` is the negative ACK, when there was one.
+    /// Records a failed attempt of job `job_id` (in the transaction that fails it): `failed` when it will be retried,
+    /// `dead` when it was the last. `ack` is the negative ACK, when there was one.
     pub async fn log_outbound_failed(
         &mut self,
-        id: i64,
+        job_id: i64,
         attempts: i32,
         dead: bool,
         ack: Option<&OutboundAck>,
@@ -179,9 +183,9 @@ impl StoreTx {
                 "UPDATE outbound_messages SET state = $2, attempts = $3, updated_us = $4, \
                  ack_code = COALESCE($5, ack_code), ack_control_id = COALESCE($6, ack_control_id), \
                  ack_error_code = CASE WHEN $5 IS NULL THEN ack_error_code ELSE $7 END, \
-                 ack_text = CASE WHEN $5 IS NULL THEN ack_text ELSE $8 END, last_error = $9 WHERE id = $1",
+                 ack_text = CASE WHEN $5 IS NULL THEN ack_text ELSE $8 END, last_error = $9 WHERE job_id = $1",
             )
-            .bind(id)
+            .bind(job_id)
             .bind(state.as_str())
             .bind(attempts)
             .bind(now)
@@ -198,22 +202,47 @@ impl StoreTx {
 }
 
 impl Store {
-    /// Records that attempt `attempt` is starting (state `sent`, sent time). On its own: the attempt's outcome
-    /// is recorded with the job's completion or failure.
-    pub async fn log_outbound_sending(&self, id: i64, attempt: i32) -> Result<()> {
+    /// Records that attempt `attempt` of job `job_id` is starting (state `sent`, sent time). On its own: the
+    /// attempt's outcome is recorded with the job's completion or failure.
+    pub async fn log_outbound_sending(&self, job_id: i64, attempt: i32) -> Result<()> {
         let now = Timestamp::now().micros();
         with_write_pool!(self, pool => {
             sqlx::query(
                 "UPDATE outbound_messages SET state = 'sent', attempts = $2, sent_us = $3, updated_us = $3 \
-                 WHERE id = $1 AND state <> 'acknowledged'",
+                 WHERE job_id = $1 AND state <> 'acknowledged'",
             )
-            .bind(id)
+            .bind(job_id)
             .bind(attempt)
             .bind(now)
             .execute(pool)
             .await?;
         });
         Ok(())
+    }
+
+    /// Marks `dead` the unsettled rows whose job the queue dead-lettered by itself (its lease expired on the final
+    /// attempt: the worker stopped mid-delivery), so the log never shows as under way a message that nothing will
+    /// send again. Returns how many rows changed; writes nothing when there are none.
+    pub async fn outbound_mark_dead_letters(&self) -> Result<u64> {
+        const STRANDED: &str = "SELECT 1 FROM outbound_messages o WHERE o.state IN ('queued', 'sent', 'failed') \
+             AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = o.job_id AND j.state = 'dead') LIMIT 1";
+        let stranded = with_read_pool!(self, pool => sqlx::query(STRANDED).fetch_optional(pool).await?.is_some());
+        if !stranded {
+            return Ok(0);
+        }
+        let now = Timestamp::now().micros();
+        let updated = with_write_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE outbound_messages SET state = 'dead', updated_us = $1, last_error = COALESCE((SELECT \
+                 j.last_error FROM jobs j WHERE j.id = outbound_messages.job_id), last_error) \
+                 WHERE state IN ('queued', 'sent', 'failed') AND job_id IN (SELECT id FROM jobs WHERE state = 'dead')",
+            )
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(updated)
     }
 
     /// Logged messages, newest first, without the receivers' texts.
@@ -287,6 +316,7 @@ where
 {
     Ok(OutboundRecord {
         id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
         destination: row.try_get("destination")?,
         message_type: row.try_get("message_type")?,
         control_id: row.try_get("control_id")?,

@@ -179,11 +179,9 @@ pub async fn queue(tx: &mut StoreTx, routes: &Routes, message: OutboundMessage) 
         });
     };
     let queue = queue_name(&rule.name);
-    let log_id = tx.log_outbound_queued(&rule.name, &message.message_type, &message.control_id).await?;
-    let mut payload = Payload::new(&rule.name, &message);
-    payload.log_id = Some(log_id);
-    let payload = payload.to_json();
-    tx.enqueue(&NewJob::new(queue.clone(), payload).max_attempts(rule.max_attempts)).await?;
+    let payload = Payload::new(&rule.name, &message).to_json();
+    let job_id = tx.enqueue_returning_id(&NewJob::new(queue.clone(), payload).max_attempts(rule.max_attempts)).await?;
+    let log_id = tx.log_outbound_queued(job_id, &rule.name, &message.message_type, &message.control_id).await?;
     tracing::debug!(
         control_id = %message.control_id,
         message_type = %message.message_type,
@@ -211,9 +209,6 @@ pub(crate) struct Payload {
     pub message_type: String,
     pub encoding: Encoding,
     pub message: String,
-    /// The message's row in the outbound log (`/admin/outbound`); absent in jobs queued before the log existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_id: Option<i64>,
 }
 
 impl Payload {
@@ -228,7 +223,6 @@ impl Payload {
             message_type: m.message_type.clone(),
             encoding,
             message,
-            log_id: None,
         }
     }
 

@@ -264,10 +264,7 @@ impl Lane {
         let dest = self.dest.name.clone();
         let payload = Payload::from_json(&job.payload);
         let control_id = payload.as_ref().map(|p| p.control_id.clone()).unwrap_or_default();
-        let log_id = payload.as_ref().and_then(|p| p.log_id);
-        if let Some(log_id) = log_id
-            && let Err(e) = self.store.log_outbound_sending(log_id, job.attempts).await
-        {
+        if let Err(e) = self.store.log_outbound_sending(job.id, job.attempts).await {
             // Only the "sent" mark is lost; the attempt's outcome is recorded with the job's.
             tracing::warn!(destination = %dest, control_id = %control_id, error = %e, "outbound log not updated");
         }
@@ -280,7 +277,7 @@ impl Lane {
             Ok(acked) => {
                 metrics::histogram!("outbound_ack_duration_seconds", "destination" => dest.clone())
                     .record(started.elapsed().as_secs_f64());
-                match acknowledged(&self.store, &job, log_id, &acked.ack).await {
+                match acknowledged(&self.store, &job, &acked.ack).await {
                     Ok(()) => {
                         metrics::counter!("outbound_messages_total", "destination" => dest.clone(), "outcome" => "acknowledged")
                             .increment(1);
@@ -306,7 +303,7 @@ impl Lane {
                     Failure::Negative { ack, .. } => Some(ack),
                     _ => None,
                 };
-                match failed(&self.store, &self.backoff, &job, log_id, ack, &reason).await {
+                match failed(&self.store, &self.backoff, &job, ack, &reason).await {
                     Ok(FailOutcome::RetryAt(at)) => {
                         metrics::counter!("outbound_messages_total", "destination" => dest.clone(), "outcome" => "retried")
                             .increment(1);
@@ -406,12 +403,10 @@ impl Lane {
 }
 
 /// Completes the job and logs its ACK, in one transaction.
-async fn acknowledged(store: &Store, job: &Job, log_id: Option<i64>, ack: &OutboundAck) -> Result<(), StoreError> {
+async fn acknowledged(store: &Store, job: &Job, ack: &OutboundAck) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
     tx.complete_job(job).await?;
-    if let Some(log_id) = log_id {
-        tx.log_outbound_acknowledged(log_id, job.attempts, ack).await?;
-    }
+    tx.log_outbound_acknowledged(job.id, job.attempts, ack).await?;
     tx.commit().await
 }
 
@@ -420,22 +415,19 @@ async fn failed(
     store: &Store,
     backoff: &Backoff,
     job: &Job,
-    log_id: Option<i64>,
     ack: Option<&OutboundAck>,
     reason: &str,
 ) -> Result<FailOutcome, StoreError> {
     let mut tx = store.begin().await?;
     let outcome = tx.fail_job(job, reason, backoff).await?;
-    if let Some(log_id) = log_id {
-        let dead = outcome == FailOutcome::DeadLettered;
-        tx.log_outbound_failed(log_id, job.attempts, dead, ack, reason).await?;
-    }
+    let dead = outcome == FailOutcome::DeadLettered;
+    tx.log_outbound_failed(job.id, job.attempts, dead, ack, reason).await?;
     tx.commit().await?;
     Ok(outcome)
 }
 
 /// Keeps `outbound_queue_depth{destination}` (messages queued and not yet acknowledged, dead-lettered excluded)
-/// current while the worker runs.
+/// current while the worker runs, and marks dead in the outbound log the messages the queue dead-lettered by itself.
 async fn queue_depth(store: Store, destinations: Vec<String>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(DEPTH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -443,6 +435,11 @@ async fn queue_depth(store: Store, destinations: Vec<String>, shutdown: Cancella
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {
+                match store.outbound_mark_dead_letters().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(messages = n, "outbound messages dead-lettered after a stopped delivery"),
+                    Err(e) => tracing::debug!(error = %e, "outbound log reconciliation failed"),
+                }
                 let Ok(counts) = store.job_counts().await else { continue };
                 for name in &destinations {
                     let queue = queue_name(name);

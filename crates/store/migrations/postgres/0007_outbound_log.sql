@@ -3,6 +3,8 @@
 -- in the job payload until the message is acknowledged.
 CREATE TABLE outbound_messages (
     id              BIGSERIAL PRIMARY KEY,
+    -- The delivery job (jobs.id): the worker settles the row by it, dead-lettered jobs mark it dead.
+    job_id          BIGINT  NOT NULL,
     destination     TEXT    NOT NULL,
     message_type    TEXT    NOT NULL,
     control_id      TEXT    NOT NULL,
@@ -19,6 +21,7 @@ CREATE TABLE outbound_messages (
     ack_text        TEXT,
     last_error      TEXT
 );
+CREATE UNIQUE INDEX outbound_messages_job ON outbound_messages (job_id);
 -- Lists run newest first by id, filtered by state or destination.
 CREATE INDEX outbound_messages_state ON outbound_messages (state, id);
 CREATE INDEX outbound_messages_destination ON outbound_messages (destination, id);
