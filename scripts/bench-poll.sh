@@ -25,7 +25,8 @@ add_client() {
   "$target/release/sdoh-gateway" --database-url "$url" --log-level warn clients add --name "$1" --role "$2" \
     --organization "$3" --json | token_of
 }
-loader=$(add_client "bench loader" ehr Organization/clinic)
+# An admin loads the Tasks in every status (clients may only create them as draft or requested).
+loader=$(add_client "bench loader" admin Organization/operations)
 : > "$work/tokens"
 for k in $(seq 0 $((pollers - 1))); do
   org="Organization/cbo-$(( k * owners / pollers ))"

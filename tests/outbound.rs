@@ -255,6 +255,20 @@ async fn twenty_application_acks_in_order(store: store::Store, name: &str) {
     assert_eq!(got[20].connection, got[0].connection);
     stop(shutdown, worker).await;
     assert_eq!(receiver.received().len(), 21, "nothing sent twice, the rolled-back message never");
+
+    // The outbound log has every message once, acknowledged, newest first; the rolled-back one is not there.
+    let query = store::OutboundQuery { destination: Some(name.into()), limit: 100, ..Default::default() };
+    let log = store.outbound_list(&query).await.unwrap();
+    let logged: Vec<&str> = log.iter().rev().map(|m| m.control_id.as_str()).collect();
+    let sent: Vec<String> = receiver.received().into_iter().map(|r| r.control_id).collect();
+    assert_eq!(logged, sent.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(log.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    for m in &log {
+        assert_eq!((m.state.as_str(), m.attempts, m.ack_code.as_deref()), ("acknowledged", 1, Some("AA")), "{m:?}");
+        assert!(m.sent.is_some() && m.acknowledged.is_some() && m.ack_control_id.is_some(), "{m:?}");
+    }
+    assert_eq!(log[1].message_type, "ACK^I12^ACK");
+    assert_eq!(store.outbound_counts().await.unwrap(), vec![("acknowledged".to_owned(), 21)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,6 +361,20 @@ async fn answered_ae_is_retried_then_dead_lettered() {
     assert_eq!(delivered_metric(name, "acknowledged"), 2);
     stop(shutdown, worker).await;
     assert_eq!(receiver.received().len(), 5);
+
+    // The log records the attempts and the negative ACK (code and error code, not as the last error's text).
+    let in_state = |state| store::OutboundQuery { state: Some(state), limit: 10, ..Default::default() };
+    let bad = store.outbound_list(&in_state(store::OutboundState::Dead)).await.unwrap();
+    assert_eq!(bad.len(), 1);
+    assert_eq!((bad[0].control_id.as_str(), bad[0].attempts), ("BAD", 3));
+    assert_eq!((bad[0].ack_code.as_deref(), bad[0].ack_error_code.as_deref()), (Some("AE"), Some("207")));
+    assert!(bad[0].acknowledged.is_none());
+    assert!(bad[0].ack_text.is_none(), "lists leave the receiver's text out");
+    let shown = store.outbound_record(bad[0].id).await.unwrap().unwrap();
+    assert!(!shown.last_error.clone().unwrap().contains("try again later"), "{shown:?}");
+    let acked = store.outbound_list(&in_state(store::OutboundState::Acknowledged)).await.unwrap();
+    let acked: Vec<String> = acked.into_iter().map(|m| m.control_id).collect();
+    assert_eq!(acked, ["OK-2", "OK-1"]);
 }
 
 /// Delivery over mutual TLS: the receiver verifies our client certificate, we verify its server certificate.

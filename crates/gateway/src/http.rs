@@ -34,6 +34,8 @@ pub fn router(
         .route("/admin/messages", get(crate::admin::list_messages))
         .route("/admin/messages/{id}", get(crate::admin::show_message))
         .route("/admin/messages/{id}/reprocess", axum::routing::post(crate::admin::reprocess_message))
+        .route("/admin/outbound", get(crate::outbound_admin::list_outbound))
+        .route("/admin/outbound/{id}", get(crate::outbound_admin::show_outbound))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes))
         .with_state(state);
     operator_routes

@@ -9,6 +9,8 @@ pub mod http;
 pub mod ingest;
 pub mod messages_cli;
 pub mod outbound;
+pub mod outbound_admin;
+pub mod outbound_cli;
 pub mod serve;
 pub mod synth;
 pub mod telemetry;

@@ -1,6 +1,6 @@
-//! The `sdoh-gateway` command: serve, migrate, check-config, messages, clients.
+//! The `sdoh-gateway` command: serve, migrate, check-config, messages, clients, outbound.
 
-use gateway::{clients_cli, config, messages_cli, serve, telemetry};
+use gateway::{clients_cli, config, messages_cli, outbound_cli, serve, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,9 @@ enum Command {
     /// API clients (bearer credentials bound to an Organization and a role): add, list, revoke.
     #[command(subcommand)]
     Clients(clients_cli::ClientsCommand),
+    /// Outbound HL7 v2 messages (application ACKs, referral status updates) and their ACKs: list, show.
+    #[command(subcommand)]
+    Outbound(outbound_cli::OutboundCommand),
 }
 
 /// Exit status for configuration errors, as for command-line usage errors.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
             }
             Command::Messages(command) => messages_cli::run(&config, command).await,
             Command::Clients(command) => clients_cli::run(&config, command).await,
+            Command::Outbound(command) => outbound_cli::run(&config, command).await,
             Command::CheckConfig => unreachable!("handled before the runtime starts"),
         }
     });

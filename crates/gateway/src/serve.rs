@@ -156,6 +156,10 @@ fn worker_settings(config: &GatewayConfig) -> crate::worker::WorkerSettings {
         poll_interval: Duration::from_millis(config.workers.poll_interval_ms.max(10)),
         max_attempts: config.workers.max_attempts,
         routes: config.outbound.enabled.then(|| crate::outbound::Routes::new(&config.outbound)),
+        sender: crate::outbound::AckSender {
+            application: config.ingest.receiving_application.clone(),
+            facility: config.ingest.receiving_facility.clone(),
+        },
         ingest: None,
     }
 }

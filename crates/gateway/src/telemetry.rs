@@ -78,6 +78,15 @@ fn describe_metrics() {
         "QuestionnaireResponse normalization jobs, by outcome (normalized, skipped, failed)"
     );
     describe_histogram!("normalization_duration_seconds", "Duration of one normalization job");
+    describe_counter!(
+        "rri_total",
+        "Referral Task status changes reported to the referring EHR as RRI^I12, by outcome (queued, no_destination, \
+         unmapped_status, missing)"
+    );
+    describe_gauge!(
+        "outbound_messages",
+        "Outbound HL7 v2 messages in the outbound log, by state (queued, sent, acknowledged, failed, dead)"
+    );
     describe_gauge!("mllp_connections_open", "Open MLLP connections");
     describe_counter!("mllp_connections_accepted_total", "MLLP connections accepted");
     describe_counter!(
@@ -112,6 +121,12 @@ pub async fn refresh_scrape_gauges(store: &store::Store) {
                 for status in ["received", "converted", "failed"] {
                     let n = journal.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
                     metrics::gauge!("hl7_journal_messages", "status" => status).set(n as f64);
+                }
+            }
+            if let Ok(outbound) = store.outbound_counts().await {
+                for state in store::OutboundState::ALL.map(store::OutboundState::as_str) {
+                    let n = outbound.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                    metrics::gauge!("outbound_messages", "state" => state).set(n as f64);
                 }
             }
             // Zero every known series first so a drained queue shows 0 instead of its last value.

@@ -137,6 +137,25 @@ impl StoreTx {
         Ok(())
     }
 
+    /// [`StoreTx::enqueue`], returning the new job's id (to record alongside it).
+    pub async fn enqueue_returning_id(&mut self, job: &NewJob) -> Result<i64> {
+        let now = Timestamp::now();
+        let sql = format!("{INSERT_JOB} RETURNING id");
+        let id = with_tx_conn!(self, conn => {
+            sqlx::query(&sql)
+                .bind(&job.queue)
+                .bind(&job.payload)
+                .bind(job.max_attempts)
+                .bind(job.run_at.unwrap_or(now).micros())
+                .bind(now.micros())
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get::<i64, _>(0)?
+        });
+        self.enqueued_jobs = true;
+        Ok(id)
+    }
+
     /// Queues many jobs with one multi-row statement per chunk.
     pub async fn enqueue_many(&mut self, jobs: &[NewJob]) -> Result<()> {
         let now = Timestamp::now();
@@ -179,6 +198,63 @@ impl StoreTx {
                 .rows_affected()
         });
         if done == 1 { Ok(()) } else { Err(StoreError::LeaseLost { job_id: job.id }) }
+    }
+}
+
+/// The statement that records a failed attempt, what it decides, the retry time and the error as stored.
+fn fail_statement(job: &Job, error: &str, backoff: &Backoff) -> (&'static str, FailOutcome, i64, String) {
+    let error: String = error.chars().take(2000).collect();
+    if job.attempts >= job.max_attempts {
+        (
+            "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = $3, run_at_us = $4 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
+            FailOutcome::DeadLettered,
+            Timestamp::now().micros(),
+            error,
+        )
+    } else {
+        let delay = i64::try_from(backoff.delay(job.attempts).as_micros()).unwrap_or(i64::MAX);
+        let at = Timestamp(Timestamp::now().micros().saturating_add(delay));
+        (
+            "UPDATE jobs SET state = 'ready', lease_token = NULL, last_error = $3, run_at_us = $4 \
+             WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
+            FailOutcome::RetryAt(at),
+            at.micros(),
+            error,
+        )
+    }
+}
+
+impl StoreTx {
+    /// Whether `job`'s queue still holds an older job that is not dead-lettered (waiting, leased or due for a
+    /// retry): a worker that must apply a queue strictly in order, across replicas and retries, defers `job` then.
+    pub async fn earlier_job_pending(&mut self, job: &Job) -> Result<bool> {
+        let found = with_tx_conn!(self, conn => {
+            sqlx::query("SELECT id FROM jobs WHERE queue = $1 AND id < $2 AND state <> 'dead' LIMIT 1")
+                .bind(&job.queue)
+                .bind(job.id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .is_some()
+        });
+        Ok(found)
+    }
+
+    /// [`Store::fail`] inside this transaction, so what the failure also records (an outbound log row) commits
+    /// with it.
+    pub async fn fail_job(&mut self, job: &Job, error: &str, backoff: &Backoff) -> Result<FailOutcome> {
+        let (sql, outcome, run_at, error) = fail_statement(job, error, backoff);
+        let updated = with_tx_conn!(self, conn => {
+            sqlx::query(sql)
+                .bind(job.id)
+                .bind(job.lease_token)
+                .bind(&error)
+                .bind(run_at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        if updated == 1 { Ok(outcome) } else { Err(StoreError::LeaseLost { job_id: job.id }) }
     }
 }
 
@@ -269,26 +345,7 @@ impl Store {
 
     /// Records a failed attempt: retried after a backoff delay, or dead-lettered after the last attempt.
     pub async fn fail(&self, job: &Job, error: &str, backoff: &Backoff) -> Result<FailOutcome> {
-        let error: String = error.chars().take(2000).collect();
-        let (sql, outcome) = if job.attempts >= job.max_attempts {
-            (
-                "UPDATE jobs SET state = 'dead', lease_token = NULL, last_error = $3 \
-                 WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
-                FailOutcome::DeadLettered,
-            )
-        } else {
-            let delay = i64::try_from(backoff.delay(job.attempts).as_micros()).unwrap_or(i64::MAX);
-            let at = Timestamp(Timestamp::now().micros().saturating_add(delay));
-            (
-                "UPDATE jobs SET state = 'ready', lease_token = NULL, last_error = $3, run_at_us = $4 \
-                 WHERE id = $1 AND lease_token = $2 AND state = 'leased'",
-                FailOutcome::RetryAt(at),
-            )
-        };
-        let run_at = match outcome {
-            FailOutcome::RetryAt(at) => at.micros(),
-            FailOutcome::DeadLettered => 0,
-        };
+        let (sql, outcome, run_at, error) = fail_statement(job, error, backoff);
         let updated = with_write_pool!(self, pool => {
             sqlx::query(sql)
                 .bind(job.id)

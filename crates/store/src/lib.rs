@@ -8,6 +8,7 @@ mod access;
 mod error;
 mod jobs;
 mod journal;
+mod outbound;
 mod resources;
 mod search;
 mod time;
@@ -27,6 +28,7 @@ pub use access::{
 pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
+pub use outbound::{OutboundAck, OutboundQuery, OutboundRecord, OutboundState};
 pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
 pub use search::*;
 pub use time::{Timestamp, format_instant};

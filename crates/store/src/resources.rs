@@ -132,6 +132,19 @@ impl StoreTx {
         })
     }
 
+    /// Reads one version from history inside this transaction (sees this transaction's own writes).
+    pub async fn vread(&mut self, resource_type: &str, id: &str, version_id: i64) -> Result<Option<StoredResource>> {
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3"
+        );
+        with_tx_conn!(self, conn => {
+            match sqlx::query(&sql).bind(resource_type).bind(id).bind(version_id).fetch_optional(&mut *conn).await? {
+                Some(row) => Ok(Some(row_to_resource(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Writes a new version of `resource` (which must carry `resourceType` and `id`), setting `meta.versionId` and
     /// `meta.lastUpdated`, and appends it to history.
     pub async fn put(&mut self, mut resource: Value, precondition: Precondition) -> Result<Written> {

@@ -26,6 +26,7 @@ for_each_backend!(
     invalid_resources_are_refused,
     journal_stores_once_queues_a_job_and_lists_without_bodies,
     journal_status_and_reprocess,
+    outbound_log_follows_its_jobs_transactions,
 );
 
 fn patient(id: &str, family: &str) -> Value {
@@ -549,4 +550,112 @@ async fn journal_status_and_reprocess(db: TestDb) {
     assert_eq!(requeued.len(), 1);
     assert_eq!(store::journal_ids_of(&requeued[0].payload), Some(vec![ids[1]]));
     assert_eq!(store.journal_reprocess(&[999_999], "convert", 5).await.unwrap(), 0, "unknown ids are skipped");
+}
+
+/// The outbound log: a row per queued message, written and settled in the transactions of its job (a rolled-back
+/// queueing leaves none; a failure that loses its lease records nothing; a job the queue dead-letters by itself is
+/// marked dead); lists newest first by state and destination, without the receivers' texts; `earlier_job_pending`
+/// sees older live jobs of the queue only.
+async fn outbound_log_follows_its_jobs_transactions(db: TestDb) {
+    use store::{OutboundAck, OutboundQuery, OutboundState};
+    let store = db.store().await;
+    async fn queue(tx: &mut store::StoreTx, destination: &str, control_id: &str, attempts: i32) -> i64 {
+        let job = NewJob::new(format!("out-{destination}"), control_id).max_attempts(attempts);
+        let job_id = tx.enqueue_returning_id(&job).await.unwrap();
+        tx.log_outbound_queued(job_id, destination, "RRI^I12^RRI_I12", control_id).await.unwrap()
+    }
+    let mut tx = store.begin().await.unwrap();
+    queue(&mut tx, "gone", "X", 2).await;
+    tx.rollback().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let first = queue(&mut tx, "ehr", "C1", 2).await;
+    let second = queue(&mut tx, "ehr", "C2", 2).await;
+    let stranded = queue(&mut tx, "lab", "C3", 1).await;
+    tx.commit().await.unwrap();
+    let listed = |state: Option<OutboundState>, destination: Option<&str>| {
+        let query = OutboundQuery { state, destination: destination.map(str::to_owned), limit: 10, before_id: None };
+        let store = store.clone();
+        async move { store.outbound_list(&query).await.unwrap().into_iter().map(|m| m.control_id).collect::<Vec<_>>() }
+    };
+    assert_eq!(listed(None, None).await, ["C3", "C2", "C1"], "newest first, the rolled-back one absent");
+    assert_eq!(listed(Some(OutboundState::Queued), Some("ehr")).await, ["C2", "C1"]);
+
+    let jobs = store.claim("out-ehr", 2, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(store.outbound_record(first).await.unwrap().unwrap().job_id, jobs[0].id);
+    let mut tx = store.begin().await.unwrap();
+    assert!(!tx.earlier_job_pending(&jobs[0]).await.unwrap());
+    assert!(tx.earlier_job_pending(&jobs[1]).await.unwrap());
+    tx.rollback().await.unwrap();
+
+    // First attempt of C1: sent, answered AE (negative ACK recorded), retried.
+    store.log_outbound_sending(jobs[0].id, jobs[0].attempts).await.unwrap();
+    assert_eq!(listed(Some(OutboundState::Sent), None).await, ["C1"]);
+    let negative = OutboundAck {
+        code: "AE".into(),
+        control_id: Some("A1".into()),
+        error_code: Some("207".into()),
+        text: Some("receiver busy".into()),
+    };
+    let immediate = Backoff { base: Duration::ZERO, max: Duration::ZERO };
+    let reason = "answered AE (HL7 error 207)";
+    let mut tx = store.begin().await.unwrap();
+    assert!(matches!(tx.fail_job(&jobs[0], reason, &immediate).await.unwrap(), FailOutcome::RetryAt(_)));
+    tx.log_outbound_failed(jobs[0].id, jobs[0].attempts, false, Some(&negative), reason).await.unwrap();
+    tx.commit().await.unwrap();
+    let record = store.outbound_record(first).await.unwrap().unwrap();
+    assert_eq!((record.state.as_str(), record.attempts), ("failed", 1));
+    assert_eq!((record.ack_code.as_deref(), record.ack_error_code.as_deref()), (Some("AE"), Some("207")));
+    assert_eq!(record.ack_text.as_deref(), Some("receiver busy"), "shown one at a time");
+    let list = store.outbound_list(&OutboundQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert!(list.iter().all(|m| m.ack_text.is_none()), "lists leave the receivers' texts out");
+
+    // A failure recorded with a lost lease commits nothing, the log included.
+    let stale = store::Job { lease_token: jobs[1].lease_token ^ 1, ..jobs[1].clone() };
+    let mut tx = store.begin().await.unwrap();
+    assert!(matches!(tx.fail_job(&stale, "late", &immediate).await, Err(StoreError::LeaseLost { .. })));
+    drop(tx);
+    assert_eq!(store.outbound_record(second).await.unwrap().unwrap().state, "queued");
+
+    // C1's second attempt is acknowledged with the job's completion; C2 dies on its last attempt.
+    let retry = store.claim("out-ehr", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    assert_eq!((retry.id, retry.attempts), (jobs[0].id, 2));
+    let positive = OutboundAck { code: "AA".into(), control_id: Some("A2".into()), ..Default::default() };
+    let mut tx = store.begin().await.unwrap();
+    tx.complete_job(&retry).await.unwrap();
+    tx.log_outbound_acknowledged(retry.id, retry.attempts, &positive).await.unwrap();
+    tx.commit().await.unwrap();
+    let last = store::Job { attempts: 2, ..jobs[1].clone() };
+    let mut tx = store.begin().await.unwrap();
+    let outcome = tx.fail_job(&last, "connect to destination failed", &immediate).await.unwrap();
+    assert_eq!(outcome, FailOutcome::DeadLettered);
+    tx.log_outbound_failed(last.id, 2, true, None, "connect to destination failed").await.unwrap();
+    tx.commit().await.unwrap();
+
+    let record = store.outbound_record(first).await.unwrap().unwrap();
+    assert_eq!((record.state.as_str(), record.attempts, record.ack_code.as_deref()), ("acknowledged", 2, Some("AA")));
+    assert!(record.acknowledged.is_some() && record.sent.is_some());
+    let dead = store.outbound_record(second).await.unwrap().unwrap();
+    assert_eq!((dead.state.as_str(), dead.ack_code.as_deref()), ("dead", None));
+    assert_eq!(dead.last_error.as_deref(), Some("connect to destination failed"));
+    assert!(store.outbound_record(stranded + 1000).await.unwrap().is_none());
+
+    // C3's worker stops mid-delivery on its only attempt: the queue dead-letters the job when its lease expires,
+    // and the log follows.
+    assert_eq!(store.outbound_mark_dead_letters().await.unwrap(), 0, "nothing stranded yet");
+    let held = store.claim("out-lab", 1, Duration::from_millis(1)).await.unwrap().remove(0);
+    store.log_outbound_sending(held.id, held.attempts).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.dead_jobs("out-lab", 10).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the expired final lease is dead-lettered by the next claim");
+        assert!(store.claim("out-lab", 1, Duration::from_secs(30)).await.unwrap().is_empty());
+    }
+    assert_eq!(store.outbound_record(stranded).await.unwrap().unwrap().state, "sent");
+    assert_eq!(store.outbound_mark_dead_letters().await.unwrap(), 1);
+    let record = store.outbound_record(stranded).await.unwrap().unwrap();
+    assert_eq!(record.state, "dead");
+    assert!(record.last_error.unwrap().contains("lease expired"));
+    let mut counts = store.outbound_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [("acknowledged".to_owned(), 1), ("dead".to_owned(), 2)]);
 }

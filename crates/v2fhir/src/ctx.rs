@@ -4,6 +4,7 @@ use crate::Conversion;
 use crate::datatypes::{hd_key, obj, opt};
 use crate::error::ConversionError;
 use crate::ids::resource_id;
+use crate::source::{Hd, MessageSource};
 use crate::time::Dtm;
 use crate::v2::{Seg, segments};
 use serde_json::{Value, json};
@@ -92,6 +93,17 @@ impl<'a> Ctx<'a> {
             self.warn(format!("{} is not precise to the second with UTC offset; not used as an instant", seg.loc(n)));
         }
         Ok(i)
+    }
+
+    /// Who sent this message and its control id, for `meta.source`.
+    pub fn message_source(&self) -> MessageSource {
+        let msh = self.msh();
+        let hd = |n| msh.and_then(|m| m.first(n)).map(|p| Hd::from_parts(&p)).unwrap_or_default();
+        MessageSource {
+            sending_application: hd(3),
+            sending_facility: hd(4),
+            control_id: msh.and_then(|m| m.text(10)).unwrap_or_default(),
+        }
     }
 
     /// The sending facility (MSH-4) as an Organization, when named.

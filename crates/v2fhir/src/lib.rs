@@ -30,11 +30,15 @@ mod ids;
 mod oru;
 mod patient;
 mod referral;
+mod rri;
+mod source;
 mod tables;
 mod time;
 mod v2;
 
 pub use error::ConversionError;
+pub use rri::{ReferralStatusUpdate, RriError, build_rri, rri_control_id};
+pub use source::{Hd, MESSAGE_SOURCE_PREFIX, MessageSource};
 
 /// The FHIR resources made from one message.
 #[derive(Debug, Clone, PartialEq)]

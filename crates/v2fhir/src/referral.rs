@@ -65,11 +65,13 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, trigger: &str) -> Result<(), Conversion
     // referral without either is refused rather than stored as a Task that does not conform.
     let requester = requester.or_else(|| org.clone()).ok_or_else(|| ConversionError::missing("PRD-1"))?;
     let authored = authored.ok_or_else(|| ConversionError::missing(rf1.loc(9)))?;
+    // Both carry the message they came from, so a status change can be sent back to its sender (RRI^I12).
+    let source = ctx.message_source().to_uri();
     let sr_id = resource_id("ServiceRequest", &[&ref_ns, &ref_value]);
     let sr = obj(vec![
         ("resourceType", json!("ServiceRequest")),
         ("id", json!(sr_id)),
-        ("meta", json!({"profile": [SR_PROFILE]})),
+        ("meta", json!({"profile": [SR_PROFILE], "source": source})),
         ("identifier", Value::Array(identifiers.into_iter().flatten().collect())),
         ("status", json!(lookup_str("0283", &status_code).unwrap_or("active"))),
         ("intent", json!("order")),
@@ -91,7 +93,7 @@ pub(crate) fn convert(ctx: &mut Ctx<'_>, trigger: &str) -> Result<(), Conversion
     let task = obj(vec![
         ("resourceType", json!("Task")),
         ("id", json!(resource_id("Task", &[&ref_ns, &ref_value]))),
-        ("meta", json!({"profile": [TASK_PROFILE]})),
+        ("meta", json!({"profile": [TASK_PROFILE], "source": source})),
         ("status", json!(task_status)),
         ("intent", json!("order")),
         ("priority", priority.map_or(Value::Null, |p| json!(p))),

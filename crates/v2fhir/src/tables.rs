@@ -58,6 +58,11 @@ pub(crate) fn v2_display(table: &str, code: &str) -> Option<&'static str> {
     V2_TABLES.get(table)?.get(code)?.as_str()
 }
 
+/// Every entry of a table, for reverse lookups.
+pub(crate) fn entries(table: &str) -> Option<impl Iterator<Item = (&'static String, &'static Value)>> {
+    Some(TABLES.get(table)?.as_object()?.iter())
+}
+
 /// A string entry of a table.
 pub(crate) fn lookup_str(table: &str, key: &str) -> Option<&'static str> {
     lookup(table, key)?.as_str()

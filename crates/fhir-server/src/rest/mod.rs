@@ -13,6 +13,7 @@ mod history;
 mod media;
 pub mod patch;
 pub mod referral;
+pub mod referral_status;
 mod search;
 mod summary;
 pub mod validate;

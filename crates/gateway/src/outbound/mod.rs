@@ -12,6 +12,10 @@
 //! failure the destination waits for that job's retry time before claiming again, so nothing overtakes it; after
 //! `max_attempts` the job is dead-lettered (the store's `requeue_dead` sends it again, out of order).
 //!
+//! Every queued message is also logged (`outbound_messages` table: destination, type, control id, attempts, ACK code,
+//! state) in the transaction that queues it, and its row is updated in the transactions that complete or fail its
+//! job, so `/admin/outbound` and `sdoh-gateway outbound list` show what was acknowledged, never more.
+//!
 //! Logs and metrics carry control ids, destination names, ACK codes and counts, never message content.
 
 mod ack;
@@ -160,6 +164,8 @@ impl Routes {
 pub struct Queued {
     pub destination: String,
     pub queue: String,
+    /// The message's row in the outbound log.
+    pub log_id: i64,
 }
 
 /// Queues `message` for delivery in the caller's transaction: it is sent only if (and after) that transaction
@@ -174,14 +180,15 @@ pub async fn queue(tx: &mut StoreTx, routes: &Routes, message: OutboundMessage) 
     };
     let queue = queue_name(&rule.name);
     let payload = Payload::new(&rule.name, &message).to_json();
-    tx.enqueue(&NewJob::new(queue.clone(), payload).max_attempts(rule.max_attempts)).await?;
+    let job_id = tx.enqueue_returning_id(&NewJob::new(queue.clone(), payload).max_attempts(rule.max_attempts)).await?;
+    let log_id = tx.log_outbound_queued(job_id, &rule.name, &message.message_type, &message.control_id).await?;
     tracing::debug!(
         control_id = %message.control_id,
         message_type = %message.message_type,
         destination = %rule.name,
         "outbound message queued"
     );
-    Ok(Queued { destination: rule.name.clone(), queue })
+    Ok(Queued { destination: rule.name.clone(), queue, log_id })
 }
 
 /// How the message bytes are kept in the JSON payload.

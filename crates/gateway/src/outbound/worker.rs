@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use store::{Backoff, FailOutcome, Job, Store, StoreError, Timestamp};
+use store::{Backoff, FailOutcome, Job, OutboundAck, Store, StoreError, Timestamp};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -159,7 +159,7 @@ enum Failure {
     #[error("the ACK acknowledges control id {got:?}, not this message")]
     WrongAck { got: String },
     #[error("answered {code}{}", error_code.as_ref().map(|c| format!(" (HL7 error {c})")).unwrap_or_default())]
-    Negative { code: &'static str, error_code: Option<String> },
+    Negative { code: &'static str, error_code: Option<String>, ack: OutboundAck },
     #[error("the queued job payload is unreadable")]
     BadPayload,
 }
@@ -174,7 +174,7 @@ impl Failure {
 /// The ACK of a delivered message.
 struct Acked {
     code: &'static str,
-    ack_control_id: String,
+    ack: OutboundAck,
 }
 
 impl Lane {
@@ -264,6 +264,10 @@ impl Lane {
         let dest = self.dest.name.clone();
         let payload = Payload::from_json(&job.payload);
         let control_id = payload.as_ref().map(|p| p.control_id.clone()).unwrap_or_default();
+        if let Err(e) = self.store.log_outbound_sending(job.id, job.attempts).await {
+            // Only the "sent" mark is lost; the attempt's outcome is recorded with the job's.
+            tracing::warn!(destination = %dest, control_id = %control_id, error = %e, "outbound log not updated");
+        }
         let started = Instant::now();
         let result = match payload.as_ref().and_then(Payload::bytes) {
             Some(bytes) => self.deliver(Bytes::from(bytes), &control_id).await,
@@ -273,7 +277,7 @@ impl Lane {
             Ok(acked) => {
                 metrics::histogram!("outbound_ack_duration_seconds", "destination" => dest.clone())
                     .record(started.elapsed().as_secs_f64());
-                match self.store.complete(&job).await {
+                match acknowledged(&self.store, &job, &acked.ack).await {
                     Ok(()) => {
                         metrics::counter!("outbound_messages_total", "destination" => dest.clone(), "outcome" => "acknowledged")
                             .increment(1);
@@ -281,7 +285,7 @@ impl Lane {
                             destination = %dest,
                             control_id = %control_id,
                             ack_code = acked.code,
-                            ack_control_id = %acked.ack_control_id,
+                            ack_control_id = acked.ack.control_id.as_deref().unwrap_or_default(),
                             attempt = job.attempts,
                             job_id = job.id,
                             "outbound message acknowledged"
@@ -295,7 +299,11 @@ impl Lane {
                     self.conn = None;
                 }
                 let reason = failure.to_string();
-                match self.store.fail(&job, &reason, &self.backoff).await {
+                let ack = match &failure {
+                    Failure::Negative { ack, .. } => Some(ack),
+                    _ => None,
+                };
+                match failed(&self.store, &self.backoff, &job, ack, &reason).await {
                     Ok(FailOutcome::RetryAt(at)) => {
                         metrics::counter!("outbound_messages_total", "destination" => dest.clone(), "outcome" => "retried")
                             .increment(1);
@@ -361,18 +369,20 @@ impl Lane {
         if acked_id != control_id {
             return Err(Failure::WrongAck { got: acked_id });
         }
+        let error_code = ack
+            .text("ERR-3.1")
+            .or_else(|| ack.text("ERR-1.4.1"))
+            .map(|c| c.into_owned())
+            .filter(|c| !c.is_empty() && c.len() <= 8 && c.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let record = OutboundAck {
+            code: code.as_str().to_owned(),
+            control_id: Some(ack.header().control_id).filter(|c| !c.is_empty()),
+            error_code: error_code.clone(),
+            text: ack.text("MSA-3").map(|t| t.into_owned()).filter(|t| !t.trim().is_empty()),
+        };
         match code {
-            hl7v2::AckCode::AA | hl7v2::AckCode::CA => {
-                Ok(Acked { code: code.as_str(), ack_control_id: ack.header().control_id })
-            }
-            _ => {
-                let error_code = ack
-                    .text("ERR-3.1")
-                    .or_else(|| ack.text("ERR-1.4.1"))
-                    .map(|c| c.into_owned())
-                    .filter(|c| !c.is_empty() && c.len() <= 8 && c.bytes().all(|b| b.is_ascii_alphanumeric()));
-                Err(Failure::Negative { code: code.as_str(), error_code })
-            }
+            hl7v2::AckCode::AA | hl7v2::AckCode::CA => Ok(Acked { code: code.as_str(), ack: record }),
+            _ => Err(Failure::Negative { code: code.as_str(), error_code, ack: record }),
         }
     }
 
@@ -392,8 +402,32 @@ impl Lane {
     }
 }
 
+/// Completes the job and logs its ACK, in one transaction.
+async fn acknowledged(store: &Store, job: &Job, ack: &OutboundAck) -> Result<(), StoreError> {
+    let mut tx = store.begin().await?;
+    tx.complete_job(job).await?;
+    tx.log_outbound_acknowledged(job.id, job.attempts, ack).await?;
+    tx.commit().await
+}
+
+/// Fails the job (retry or dead-letter) and logs the failed attempt, in one transaction.
+async fn failed(
+    store: &Store,
+    backoff: &Backoff,
+    job: &Job,
+    ack: Option<&OutboundAck>,
+    reason: &str,
+) -> Result<FailOutcome, StoreError> {
+    let mut tx = store.begin().await?;
+    let outcome = tx.fail_job(job, reason, backoff).await?;
+    let dead = outcome == FailOutcome::DeadLettered;
+    tx.log_outbound_failed(job.id, job.attempts, dead, ack, reason).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
 /// Keeps `outbound_queue_depth{destination}` (messages queued and not yet acknowledged, dead-lettered excluded)
-/// current while the worker runs.
+/// current while the worker runs, and marks dead in the outbound log the messages the queue dead-lettered by itself.
 async fn queue_depth(store: Store, destinations: Vec<String>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(DEPTH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,6 +435,11 @@ async fn queue_depth(store: Store, destinations: Vec<String>, shutdown: Cancella
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {
+                match store.outbound_mark_dead_letters().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(messages = n, "outbound messages dead-lettered after a stopped delivery"),
+                    Err(e) => tracing::debug!(error = %e, "outbound log reconciliation failed"),
+                }
                 let Ok(counts) = store.job_counts().await else { continue };
                 for name in &destinations {
                     let queue = queue_name(name);

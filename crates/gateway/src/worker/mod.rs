@@ -1,5 +1,6 @@
 //! Background workers: durable-queue consumers that turn journaled HL7 v2 messages into FHIR resources
-//! ([`convert`]) and QuestionnaireResponses into SDOHCC Observations and Conditions ([`normalize`]).
+//! ([`convert`]), QuestionnaireResponses into SDOHCC Observations and Conditions ([`normalize`]), and referral Task
+//! status changes into RRI^I12 messages to the referring EHR ([`rri`]).
 //!
 //! Each worker task claims one job at a time under a lease, does its work in store transactions that also record
 //! the outcome (journal status, job completion), and waits for the next job on the store's enqueue notification
@@ -8,6 +9,7 @@
 
 pub mod convert;
 pub mod normalize;
+pub mod rri;
 
 use std::time::Duration;
 
@@ -27,8 +29,11 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// Attempts for jobs the workers queue themselves (a conversion job's remainder at shutdown).
     pub max_attempts: i32,
-    /// Where application acknowledgments go (`[outbound]` destinations); `None` sends none.
+    /// Where application acknowledgments and referral status updates go (`[outbound]` destinations); `None` sends
+    /// none.
     pub routes: Option<crate::outbound::Routes>,
+    /// This gateway's MSH-3/MSH-4 in the messages it originates (RRI^I12): `ingest.receiving_application`/`facility`.
+    pub sender: crate::outbound::AckSender,
     /// On SQLite, workers give way to messages waiting for their journal commit (one writer for both).
     pub ingest: Option<crate::ingest::commit::IngestActivity>,
 }
@@ -53,6 +58,7 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(500),
             max_attempts: 10,
             routes: None,
+            sender: crate::outbound::AckSender { application: "SDOH-GATEWAY".into(), facility: "SDOH-HUB".into() },
             ingest: None,
         }
     }
@@ -63,6 +69,7 @@ impl Default for WorkerSettings {
 enum Kind {
     Convert,
     Normalize,
+    Rri,
 }
 
 impl Kind {
@@ -70,6 +77,16 @@ impl Kind {
         match self {
             Kind::Convert => crate::admin::CONVERT_QUEUE,
             Kind::Normalize => fhir_server::rest::write::NORMALIZE_QUEUE,
+            Kind::Rri => fhir_server::rest::referral_status::RRI_QUEUE,
+        }
+    }
+
+    /// Worker tasks for this queue: referral status updates are taken one at a time, so the RRIs of one Task are
+    /// queued for delivery in the order of its changes.
+    fn tasks(self, count: usize) -> usize {
+        match self {
+            Kind::Rri => count.min(1),
+            _ => count,
         }
     }
 }
@@ -84,8 +101,8 @@ pub async fn spawn(store: Store, settings: WorkerSettings, shutdown: Cancellatio
     if let Err(e) = normalize::ensure_device(&store).await {
         tracing::warn!(error = %e, "could not record the gateway's Device resource; normalization will retry it");
     }
-    for kind in [Kind::Convert, Kind::Normalize] {
-        for n in 0..settings.count {
+    for kind in [Kind::Convert, Kind::Normalize, Kind::Rri] {
+        for n in 0..kind.tasks(settings.count) {
             let (store, settings, shutdown) = (store.clone(), settings.clone(), shutdown.clone());
             tasks.spawn(async move { run(kind, n, store, settings, shutdown).await });
         }
@@ -106,6 +123,7 @@ async fn run(kind: Kind, n: usize, store: Store, settings: WorkerSettings, shutd
                     match kind {
                         Kind::Convert => convert::run_job(&store, job, &settings, &shutdown).await,
                         Kind::Normalize => normalize::run_job(&store, job).await,
+                        Kind::Rri => rri::run_job(&store, job, &settings).await,
                     }
                 }
                 // More may be due: look again at once.

@@ -175,3 +175,70 @@ async fn at_shutdown_a_conversion_job_hands_back_the_entries_it_did_not_reach() 
     assert_eq!(rest.len(), 1);
     assert_eq!(store::journal_ids_of(&rest[0].payload).unwrap(), ids[1..].to_vec());
 }
+
+/// Referral status jobs are reported strictly in queue order: a job whose predecessor is still pending (held by
+/// another worker) is deferred, not reported ahead of it; each RRI is queued once, with its job's completion.
+#[tokio::test]
+async fn referral_status_updates_are_queued_in_order_even_when_an_earlier_one_is_held_elsewhere() {
+    const RRI: &str = fhir_server::rest::referral_status::RRI_QUEUE;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let id = journal(&store, "ref_i12.hl7").await;
+    convert_entry(&store, id, None, None).await.unwrap();
+    let task_id = versions(&store).await.into_iter().find(|(t, _, _)| t == "Task").unwrap().1;
+    for status in ["accepted", "in-progress"] {
+        let mut tx = store.begin().await.unwrap();
+        let current = tx.read("Task", &task_id).await.unwrap().unwrap();
+        let mut task: Value = serde_json::from_str(current.content.as_deref().unwrap()).unwrap();
+        task["status"] = Value::String(status.into());
+        fhir_server::rest::write::put(&mut tx, task, Precondition::None).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let destination = crate::config::OutboundDestination {
+        name: "clinic".into(),
+        address: "127.0.0.1:9".into(),
+        receiving_application: "EPIC".into(),
+        receiving_facility: "CLINIC-1".into(),
+        connect_timeout_secs: 1,
+        ack_timeout_secs: 1,
+        max_attempts: 3,
+        tls: None,
+    };
+    let config = crate::config::OutboundConfig { destinations: vec![destination], ..Default::default() };
+    let settings = WorkerSettings { routes: Some(crate::outbound::Routes::new(&config)), ..WorkerSettings::default() };
+    let logged = |store: Store| async move {
+        let query = store::OutboundQuery { limit: 10, ..Default::default() };
+        store.outbound_list(&query).await.unwrap().into_iter().rev().map(|m| m.control_id).collect::<Vec<_>>()
+    };
+
+    // Another worker holds the first change; this one gets the second and must not report it first.
+    let held = store.claim(RRI, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    let second = store.claim(RRI, 1, Duration::from_secs(60)).await.unwrap().remove(0);
+    assert!(held.id < second.id);
+    super::rri::run_job(&store, second, &settings).await;
+    assert!(logged(store.clone()).await.is_empty(), "deferred behind the held job");
+    let waiting =
+        store.job_counts().await.unwrap().into_iter().find(|c| c.queue == RRI && c.state == store::JobState::Ready);
+    assert_eq!(waiting.map(|c| c.count), Some(1), "deferred, not dropped");
+
+    super::rri::run_job(&store, held, &settings).await;
+    assert_eq!(logged(store.clone()).await, [v2fhir::rri_control_id(&task_id, 2)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        if let Some(job) = store.claim(RRI, 1, Duration::from_secs(60)).await.unwrap().pop() {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "the deferred job comes due again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    super::rri::run_job(&store, second, &settings).await;
+    assert_eq!(
+        logged(store.clone()).await,
+        [v2fhir::rri_control_id(&task_id, 2), v2fhir::rri_control_id(&task_id, 3)],
+        "in the order of the changes, each once"
+    );
+    assert!(store.job_counts().await.unwrap().iter().all(|c| c.queue != RRI), "both jobs completed");
+    let queued = store.job_counts().await.unwrap();
+    let outbound = queued.iter().find(|c| c.queue == crate::outbound::queue_name("clinic")).map(|c| c.count);
+    assert_eq!(outbound, Some(2));
+}
