@@ -242,12 +242,32 @@ fn referral_status_round_trip(db_url: &str) {
     assert_eq!(status, 400, "{body}");
     assert_eq!(get_json(http_addr, "/admin/outbound?state=dead")["messages"].as_array().unwrap().len(), 0);
 
-    // The EHR's own update (REF^I14 cancelling) changes the Task but is not echoed back to it.
-    let i14 = message("ref_i14.hl7", "RS-REF-2", &[("RF1|A^Accepted^HL70283", "RF1|E^Expired^HL70283")]);
+    // The EHR's own update (REF^I14 cancelling a referral still open) changes the Task but is not echoed back to
+    // it. (The completed referral above is final: the referral state machine allows no move out of completed.)
+    let second = message("ref_i12.hl7", "RS-REF-4", &[("REF00000001", "REF00000088")]);
+    send_acked(mllp_addr, &second);
+    wait_converted(http_addr, "RS-REF-4");
+    let second_id = task_from(http_addr, "RS-REF-4")["id"].as_str().unwrap().to_owned();
+    let i14 = message(
+        "ref_i14.hl7",
+        "RS-REF-2",
+        &[("RF1|A^Accepted^HL70283", "RF1|E^Expired^HL70283"), ("REF00000001", "REF00000088")],
+    );
     send_acked(mllp_addr, &i14);
     wait_converted(http_addr, "RS-REF-2");
-    let cancelled = get_json(http_addr, &format!("/fhir/Task/{id}"));
+    let cancelled = get_json(http_addr, &format!("/fhir/Task/{second_id}"));
     assert_eq!(cancelled["status"], "cancelled");
+    // An I14 that would move the completed referral breaks the referral state machine: the entry fails with the
+    // reason, the Task stays completed.
+    let late = message("ref_i14.hl7", "RS-REF-5", &[("RF1|A^Accepted^HL70283", "RF1|E^Expired^HL70283")]);
+    send_acked(mllp_addr, &late);
+    let failed = wait_for("RS-REF-5 failed", || {
+        let listed = get_json(http_addr, "/admin/messages?status=failed&limit=100");
+        listed["entries"].as_array()?.iter().find(|e| e["control_id"] == "RS-REF-5").cloned()
+    });
+    let detail = get_json(http_addr, &format!("/admin/messages/{}", failed["id"]));
+    assert!(detail.to_string().contains("no transition from completed to cancelled"), "{detail}");
+    assert_eq!(get_json(http_addr, &format!("/fhir/Task/{id}"))["status"], "completed");
     // Its job, had one been queued, was queued with the conversion: once the rri queue is empty, none was.
     wait_for("the rri queue to drain", || (metric(http_addr, &["jobs{", "queue=\"rri\""]) == 0.0).then_some(()));
     assert_eq!(get_json(http_addr, "/admin/outbound?destination=clinic")["messages"].as_array().unwrap().len(), 3);

@@ -137,8 +137,9 @@ pub async fn convert_entry(
             Ok(Upsert::Written) => written += 1,
             Ok(Upsert::Unchanged) => unchanged += 1,
             Ok(Upsert::Kept) => kept += 1,
-            Err(StoreError::Invalid(reason)) => {
-                // The mapping produced something the store refuses: a mapping bug, not a transient failure.
+            Err(StoreError::Invalid(reason) | StoreError::BusinessRule(reason)) => {
+                // The mapping produced something the store refuses (a mapping bug), or the message asks for what
+                // the workflow forbids (an I14 moving a closed referral): final, not a transient failure.
                 tx.rollback().await?;
                 let mut tx = store.begin().await?;
                 let text = format!("a converted resource could not be stored: {reason}");
