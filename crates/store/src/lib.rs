@@ -9,6 +9,7 @@ mod jobs;
 mod journal;
 mod resources;
 mod search;
+mod subscriptions;
 mod time;
 mod tx;
 
@@ -25,6 +26,7 @@ pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
 pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
 pub use search::*;
+pub use subscriptions::{SubscriptionEvent, SubscriptionRow, SubscriptionSpec};
 pub use time::{Timestamp, format_instant};
 pub use tx::StoreTx;
 

@@ -20,7 +20,7 @@ pub fn capability_statement(state: &FhirState) -> Value {
         .iter()
         .map(|t| {
             let (includes, revincludes) = search::capability_includes(t);
-            json!({
+            let mut resource = json!({
                 "type": t,
                 "interaction": INTERACTIONS.iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
                 "versioning": "versioned",
@@ -34,7 +34,11 @@ pub fn capability_statement(state: &FhirState) -> Value {
                 "searchInclude": includes,
                 "searchRevInclude": revincludes,
                 "searchParam": search::capability_params(t),
-            })
+            });
+            if *t == "Subscription" {
+                crate::subscriptions::describe_capability(&mut resource);
+            }
+            resource
         })
         .collect();
     json!({

@@ -15,6 +15,7 @@ use super::error::{FhirError, IssueType, information_outcome};
 use super::media::{self, ReturnPreference};
 use super::validate::validate_resource;
 use super::{FHIR_JSON, FhirState, SUPPORTED_TYPES, patch, search, write};
+use crate::auth::Caller;
 
 /// A response with a FHIR JSON body.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -200,6 +201,7 @@ fn write_response(state: &FhirState, headers: &HeaderMap, written: &Written, sta
 /// `POST /{type}`: stores a new resource under a server-assigned id (a submitted id is ignored, as R4 requires).
 pub async fn create(
     State(state): State<FhirState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -213,6 +215,9 @@ pub async fn create(
         })?),
     };
     let mut resource = resource_body(&state, &resource_type, body).await?;
+    if resource_type == "Subscription" {
+        resource = crate::subscriptions::prepare(&caller, resource, None)?;
+    }
     let mut tx = None;
     if let Some(query) = condition {
         let (begun, matches) =
@@ -297,6 +302,7 @@ fn conflict_status(err: StoreError, expected: Option<i64>) -> FhirError {
 /// `PUT /{type}/{id}`: a new version; creates the resource when it never existed and update-as-create is allowed.
 pub async fn update(
     State(state): State<FhirState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -305,7 +311,7 @@ pub async fn update(
     check_type(&resource_type)?;
     check_id(&id)?;
     let expected = media::if_match(&headers)?;
-    let resource = resource_body(&state, &resource_type, body).await?;
+    let mut resource = resource_body(&state, &resource_type, body).await?;
     match resource.get("id") {
         None => {
             return Err(FhirError::bad_request(IssueType::Required, "the resource must carry the id of the URL")
@@ -329,6 +335,9 @@ pub async fn update(
         (None, Some(c)) => Precondition::Version(c.version_id),
         (None, None) => Precondition::MustNotExist,
     };
+    if resource_type == "Subscription" {
+        resource = crate::subscriptions::prepare(&caller, resource, current.as_ref())?;
+    }
     let written = write::put(&mut tx, resource, precondition).await.map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "updated");
@@ -339,6 +348,7 @@ pub async fn update(
 /// `PATCH /{type}/{id}` with a JSON Patch document.
 pub async fn patch(
     State(state): State<FhirState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -373,6 +383,10 @@ pub async fn patch(
         e.diagnostics = format!("the patched resource is not valid: {}", e.diagnostics);
         e
     })?;
+    let patched = match resource_type.as_str() {
+        "Subscription" => crate::subscriptions::prepare(&caller, patched, Some(&current))?,
+        _ => patched,
+    };
     let written = write::put(&mut tx, patched, Precondition::Version(current.version_id))
         .await
         .map_err(|e| conflict_status(e, expected))?;
@@ -427,6 +441,7 @@ async fn conditional_update(
     body: Body,
 ) -> Result<Response, FhirError> {
     check_type(resource_type)?;
+    crate::subscriptions::refuse_indirect_write(resource_type)?;
     let expected = media::if_match(headers)?;
     let mut resource = resource_body(state, resource_type, body).await?;
     let body_id = match resource.get("id") {

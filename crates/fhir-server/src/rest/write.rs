@@ -66,5 +66,5 @@ async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<(), 
         });
         tx.enqueue(&NewJob::new(NORMALIZE_QUEUE, payload.to_string())).await?;
     }
-    Ok(())
+    crate::subscriptions::after_change(tx, version).await
 }
