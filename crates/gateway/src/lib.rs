@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod messages_cli;
 pub mod outbound;
 pub mod serve;
+pub mod subscriptions;
 pub mod synth;
 pub mod telemetry;
 pub mod worker;

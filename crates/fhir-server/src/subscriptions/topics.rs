@@ -177,12 +177,11 @@ impl Topic {
             return false;
         }
         if let Some(criteria) = &self.query_criteria {
-            let test = |query: &Option<String>, version: Option<&Value>, missing: MissingResult| match query {
-                None => None,
-                Some(q) => Some(match version {
+            let test = |query: &Option<String>, version: Option<&Value>, missing: MissingResult| {
+                query.as_ref().map(|q| match version {
                     Some(v) => query_matches(v, q),
                     None => missing == MissingResult::TestPasses,
-                }),
+                })
             };
             let before = test(&criteria.previous, previous, criteria.result_for_create);
             let after = test(&criteria.current, current, criteria.result_for_delete);
