@@ -387,6 +387,16 @@ fn receiver_outage(db_url: &str) {
     wait_for_status(addr, &id, "active");
     assert_eq!(receiver.events("hook"), numbered(8), "every event once, in order");
     assert!(status_param(addr, &id, "error").is_none(), "no failures since the last success");
+    let (_, _, metrics) = http(addr, "GET", "/metrics", None);
+    let series = |outcome: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("subscription_notifications_total{")
+                && l.contains("type=\"event-notification\"")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+    };
+    assert!(series("delivered") && series("failed"), "{metrics}");
+    assert!(metrics.contains("subscription_event_delivery_latency_seconds"));
 }
 
 #[test]

@@ -70,7 +70,10 @@ pub fn prepare(caller: &Caller, mut resource: Value, current: Option<&StoredReso
             let same_channel = stored.get("channel") == resource.get("channel")
                 && stored.get("criteria") == resource.get("criteria")
                 && stored.get("_criteria") == resource.get("_criteria");
-            if stored_status == "off" || !same_channel { "requested".to_owned() } else { stored_status.to_owned() }
+            // Asking for `requested` again re-activates an erroring subscription with a fresh handshake.
+            let reactivate =
+                stored_status == "off" || (stored_status == "error" && config.status.as_deref() == Some("requested"));
+            if reactivate || !same_channel { "requested".to_owned() } else { stored_status.to_owned() }
         }
     };
     let creator = match &live {
@@ -353,8 +356,17 @@ mod tests {
         let mut moved = first.clone();
         moved["channel"]["endpoint"] = json!("http://127.0.0.1:10/hook");
         assert_eq!(prepare(&Caller::System, moved, Some(&stored)).unwrap()["status"], "requested");
-        let mut off = first;
+        let mut off = first.clone();
         off["status"] = json!("off");
         assert_eq!(prepare(&Caller::System, off, Some(&stored)).unwrap()["status"], "off");
+        let mut erroring = stored.clone();
+        let mut erroring_json = stored_json.clone();
+        erroring_json["status"] = json!("error");
+        erroring.content = Some(erroring_json.to_string());
+        let mut again = first;
+        again["status"] = json!("active");
+        assert_eq!(prepare(&Caller::System, again.clone(), Some(&erroring)).unwrap()["status"], "error");
+        again["status"] = json!("requested");
+        assert_eq!(prepare(&Caller::System, again, Some(&erroring)).unwrap()["status"], "requested");
     }
 }
