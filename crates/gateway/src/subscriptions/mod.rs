@@ -133,6 +133,43 @@ impl Outgoing {
     }
 }
 
+/// Acknowledged events whose cursor is not yet written. Writing the cursor after every notification would cost one
+/// commit (an fsync on SQLite's single writer) per notification; it is written every [`CURSOR_EVERY`] notifications
+/// or [`CURSOR_AFTER`], and always before the turn ends, fails or stops. A crash in between sends those events again:
+/// delivery stays at least once and in order.
+#[derive(Default)]
+struct Pending {
+    through: Option<i64>,
+    at: Option<Timestamp>,
+    count: u32,
+    since: Option<std::time::Instant>,
+}
+
+const CURSOR_EVERY: u32 = 32;
+const CURSOR_AFTER: Duration = Duration::from_millis(200);
+
+impl Pending {
+    fn record(&mut self, through: i64, at: Timestamp) {
+        self.through = Some(self.through.map_or(through, |t| t.max(through)));
+        self.at = Some(at);
+        self.count += 1;
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    fn due(&self) -> bool {
+        self.count >= CURSOR_EVERY || self.since.is_some_and(|s| s.elapsed() >= CURSOR_AFTER)
+    }
+
+    /// Writes the pending cursor in `tx` and forgets it.
+    async fn apply(&mut self, tx: &mut store::StoreTx, id: &str) -> Result<(), StoreError> {
+        if let (Some(through), Some(at)) = (self.through, self.at) {
+            tx.subscription_delivered(id, through, at).await?;
+        }
+        *self = Pending::default();
+        Ok(())
+    }
+}
+
 /// How a job's turn ended.
 enum Turn {
     /// Nothing left to send, or the subscription is off or gone: the job is complete.
@@ -174,17 +211,25 @@ impl Lane {
             let _ = self.store.fail(&last, "unreadable delivery job payload", &self.settings.backoff).await;
             return;
         };
+        let mut pending = Pending::default();
         let outcome = loop {
             if self.shutdown.is_cancelled() {
+                if let Err(e) = self.write_pending(&id, &mut pending).await {
+                    tracing::warn!(subscription = %id, error = %e, "could not record the delivery cursor; events will be sent again");
+                }
                 // Hand the job back at once so any replica (or this one, restarted) continues in order.
                 let now = Job { attempts: 0, ..job.clone() };
                 let quick = Backoff { base: Duration::from_millis(1), max: Duration::from_millis(1) };
                 let _ = self.store.fail(&now, "delivery stopped by shutdown", &quick).await;
                 return;
             }
-            match self.step(&job, &id).await {
+            match self.step(&job, &id, &mut pending).await {
                 Ok(Some(turn)) => break Ok(turn),
                 Ok(None) => {
+                    let renew_at = job.lease_until.micros() - micros(self.settings.lease()) / 2;
+                    if Timestamp::now().micros() < renew_at {
+                        continue;
+                    }
                     if let Err(e) = self.store.extend_lease(&mut job, self.settings.lease()).await {
                         tracing::warn!(subscription = %id, error = %e, "delivery lease lost; another worker continues");
                         return;
@@ -211,8 +256,17 @@ impl Lane {
         }
     }
 
+    async fn write_pending(&self, id: &str, pending: &mut Pending) -> Result<(), StoreError> {
+        if pending.through.is_none() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        pending.apply(&mut tx, id).await?;
+        tx.commit().await
+    }
+
     /// Sends the next notification the subscription needs; `None` when there may be more to send.
-    async fn step(&self, job: &Job, id: &str) -> Result<Option<Turn>, StoreError> {
+    async fn step(&self, job: &Job, id: &str, pending: &mut Pending) -> Result<Option<Turn>, StoreError> {
         let row = self.store.subscription(id).await?;
         let resource = self
             .store
@@ -222,19 +276,20 @@ impl Lane {
             .and_then(|r| r.content)
             .and_then(|c| serde_json::from_str::<Value>(&c).ok());
         let (Some(row), Some(resource)) = (row, resource) else {
-            return self.finish(job, id).await;
+            return self.finish(job, id, pending).await;
         };
         let status = resource.get("status").and_then(Value::as_str).unwrap_or("requested").to_owned();
         let config = match parse_subscription(&resource) {
             Ok(config) if !row.deleted && status != "off" => config,
-            _ => return self.finish(job, id).await,
+            _ => return self.finish(job, id, pending).await,
         };
+        // This task is the only one moving the cursor: what it acknowledged but has not written yet counts.
+        let delivered_through = pending.through.unwrap_or(0).max(row.delivered_through);
         let send = if row.handshake_pending {
             Outgoing::Handshake
-        } else if row.delivered_through < row.events_since_start {
+        } else if delivered_through < row.events_since_start {
             let max = config.max_count.unwrap_or(1).min(self.settings.max_events);
-            let events =
-                self.store.subscription_events(id, row.delivered_through + 1, row.events_since_start, max).await?;
+            let events = self.store.subscription_events(id, delivered_through + 1, row.events_since_start, max).await?;
             let mut with_focus = Vec::with_capacity(events.len());
             for event in events {
                 let focus = match config.content {
@@ -245,20 +300,31 @@ impl Lane {
             }
             Outgoing::Events(with_focus)
         } else if row.spec.heartbeat_secs.is_some_and(|s| {
-            row.last_sent.micros().saturating_add(s.saturating_mul(1_000_000)) <= Timestamp::now().micros()
+            pending
+                .at
+                .map_or(row.last_sent, |at| at.max(row.last_sent))
+                .micros()
+                .saturating_add(s.saturating_mul(1_000_000))
+                <= Timestamp::now().micros()
         }) {
             Outgoing::Heartbeat
         } else {
-            return self.finish(job, id).await;
+            return self.finish(job, id, pending).await;
         };
-        self.notify(job, &row, &config, &status, send).await
+        self.notify(job, &row, &config, &status, send, pending).await
     }
 
     /// Ends the job unless events arrived meanwhile (then the turn goes on).
-    async fn finish(&self, job: &Job, id: &str) -> Result<Option<Turn>, StoreError> {
+    async fn finish(&self, job: &Job, id: &str, pending: &mut Pending) -> Result<Option<Turn>, StoreError> {
         let mut tx = self.store.begin().await?;
+        let had_pending = pending.through.is_some();
+        pending.apply(&mut tx, id).await?;
         if !tx.finish_subscription_delivery(id).await? {
-            tx.rollback().await?;
+            if had_pending {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
             return Ok(None);
         }
         tx.complete_job(job).await?;
@@ -273,6 +339,7 @@ impl Lane {
         config: &SubscriptionConfig,
         status: &str,
         send: Outgoing,
+        pending: &mut Pending,
     ) -> Result<Option<Turn>, StoreError> {
         let id = row.spec.id.as_str();
         let kind = send.kind();
@@ -301,25 +368,27 @@ impl Lane {
                 metrics::histogram!("subscription_notification_duration_seconds", "type" => kind_label)
                     .record(took.as_secs_f64());
                 let now = Timestamp::now();
-                let mut tx = self.store.begin().await?;
                 let new_status = match &send {
-                    Outgoing::Handshake => {
-                        tx.subscription_handshaken(id, now).await?;
-                        "active"
-                    }
-                    Outgoing::Heartbeat => {
-                        tx.subscription_delivered(id, row.delivered_through, now).await?;
-                        status
-                    }
-                    Outgoing::Events(_) => {
-                        tx.subscription_delivered(id, last_number.unwrap_or(row.delivered_through), now).await?;
-                        if status == "error" { "active" } else { status }
-                    }
+                    Outgoing::Handshake => "active",
+                    Outgoing::Heartbeat => status,
+                    Outgoing::Events(_) if status == "error" => "active",
+                    Outgoing::Events(_) => status,
                 };
-                if new_status != status {
-                    write_status(&mut tx, id, new_status).await?;
+                pending.record(last_number.unwrap_or(row.delivered_through), now);
+                let handshake = matches!(send, Outgoing::Handshake);
+                // A heartbeat's time is written at once: the next heartbeat is due from it.
+                let heartbeat = matches!(send, Outgoing::Heartbeat);
+                if handshake || heartbeat || new_status != status || pending.due() {
+                    let mut tx = self.store.begin().await?;
+                    if handshake {
+                        tx.subscription_handshaken(id, now).await?;
+                    }
+                    pending.apply(&mut tx, id).await?;
+                    if new_status != status {
+                        write_status(&mut tx, id, new_status).await?;
+                    }
+                    tx.commit().await?;
                 }
-                tx.commit().await?;
                 metrics::counter!("subscription_notifications_total", "type" => kind_label, "outcome" => "delivered")
                     .increment(1);
                 for e in events {
@@ -335,6 +404,7 @@ impl Lane {
             Err(failure) => {
                 let reason = failure.to_string();
                 let mut tx = self.store.begin().await?;
+                pending.apply(&mut tx, id).await?;
                 let failures = tx.subscription_failed(id).await?;
                 let new_status = if failures >= self.settings.off_after {
                     "off"
@@ -365,6 +435,10 @@ impl Lane {
             }
         }
     }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Writes a new Subscription version with `status` (the server owns it), through the one write path.
