@@ -410,6 +410,36 @@ fn postgres_a_receiver_outage_loses_nothing_and_the_status_recovers() {
     receiver_outage(&postgres_url_for_test());
 }
 
+/// The gateway is killed (SIGKILL) while events wait for a receiver that is down; a new gateway on the same
+/// database delivers them, after the ones already delivered, in order.
+#[test]
+fn sqlite_events_survive_a_killed_gateway() {
+    let mut receiver = Receiver::start();
+    let dir = temp_dir();
+    let db_url = format!("sqlite:{}", dir.path().join("gw.db").display());
+    let (mut gw, addr) = start_gateway(dir.path(), &db_url, &[]);
+    let id = create(addr, &subscription(TASK_TOPIC, None, &receiver.url("hook"), "id-only"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(addr, &id, "active");
+    let mut referral = create(addr, &task("Organization/cbo-a", "requested"));
+    receiver.wait_until("the first event", |r| !r.events("hook").is_empty());
+    receiver.stop();
+    for status in ["accepted", "in-progress", "completed"] {
+        referral["status"] = json!(status);
+        referral = put(addr, &referral);
+    }
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+
+    receiver.listen();
+    let (_gw, addr) = start_gateway(dir.path(), &db_url, &[]);
+    receiver.wait_until("all four events", |r| r.events("hook").len() >= 4);
+    assert_eq!(receiver.events("hook"), numbered(4));
+    assert_eq!(status_param(addr, &id, "events-since-subscription-start").unwrap()["valueString"], "4");
+}
+
 /// An endpoint nobody listens on: the handshake fails, the status is `error` (visible in `$status`), and after
 /// `off_after_failures` failures `off`; a receiver that answers 500 is a failure too.
 fn failing_endpoints(db_url: &str) {

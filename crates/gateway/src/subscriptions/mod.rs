@@ -5,8 +5,9 @@
 //! `subscription-notify` queue (`fhir_server::subscriptions`). A delivery task claims such a job and serves that
 //! subscription until it has nothing left to send: the handshake when one is pending, then the undelivered events
 //! in number order (up to `backport-max-count` per notification), or a heartbeat when one is due. The cursor
-//! (`delivered_through`) moves only after the endpoint answered 2xx, in its own transaction, so delivery is at least
-//! once and in order; one job per subscription means one sender at a time, on any replica.
+//! (`delivered_through`) never passes an event the endpoint has not answered 2xx (it is written in batches, see
+//! [`Pending`]), so delivery is at least once and in order; one job per subscription means one sender at a time,
+//! on any replica.
 //!
 //! A failure is counted on the subscription: its status becomes `error` after `error_after_failures` consecutive
 //! failures (or at once for a handshake) and the job is retried with exponential backoff; after
@@ -66,11 +67,21 @@ impl DeliverySettings {
         }
     }
 
-    /// The lease on a delivery job: long enough for one notification at the longest timeout, renewed after each.
+    /// The lease a delivery job is claimed with: one notification at the default timeout. Before each notification
+    /// the lease is renewed to cover that notification's timeout, so a worker that dies holds a subscription up only
+    /// for about one timeout.
     fn lease(&self) -> Duration {
-        self.max_timeout * 2 + Duration::from_secs(30)
+        self.default_timeout + LEASE_MARGIN
+    }
+
+    /// A subscription's notification timeout: its `backport-timeout`, bounded, or the default.
+    fn timeout_of(&self, config: &SubscriptionConfig) -> Duration {
+        config.timeout_secs.map_or(self.default_timeout, Duration::from_secs).min(self.max_timeout)
     }
 }
+
+/// Lease time beyond a notification's timeout, for the database work around it.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The rustls configuration for https endpoints: the configured CA file, else the system bundle if present.
 pub fn tls_roots(config: &SubscriptionsConfig) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ClientConfig>>> {
@@ -223,17 +234,12 @@ impl Lane {
                 let _ = self.store.fail(&now, "delivery stopped by shutdown", &quick).await;
                 return;
             }
-            match self.step(&job, &id, &mut pending).await {
+            match self.step(&mut job, &id, &mut pending).await {
                 Ok(Some(turn)) => break Ok(turn),
-                Ok(None) => {
-                    let renew_at = job.lease_until.micros() - micros(self.settings.lease()) / 2;
-                    if Timestamp::now().micros() < renew_at {
-                        continue;
-                    }
-                    if let Err(e) = self.store.extend_lease(&mut job, self.settings.lease()).await {
-                        tracing::warn!(subscription = %id, error = %e, "delivery lease lost; another worker continues");
-                        return;
-                    }
+                Ok(None) => {}
+                Err(StoreError::LeaseLost { .. }) => {
+                    tracing::warn!(subscription = %id, "delivery lease lost; another worker continues");
+                    return;
                 }
                 Err(e) => break Err(e),
             }
@@ -266,7 +272,7 @@ impl Lane {
     }
 
     /// Sends the next notification the subscription needs; `None` when there may be more to send.
-    async fn step(&self, job: &Job, id: &str, pending: &mut Pending) -> Result<Option<Turn>, StoreError> {
+    async fn step(&self, job: &mut Job, id: &str, pending: &mut Pending) -> Result<Option<Turn>, StoreError> {
         let row = self.store.subscription(id).await?;
         let resource = self
             .store
@@ -311,6 +317,11 @@ impl Lane {
         } else {
             return self.finish(job, id, pending).await;
         };
+        let timeout = self.settings.timeout_of(&config);
+        if job.lease_until.micros().saturating_sub(Timestamp::now().micros()) < micros(timeout + LEASE_MARGIN) {
+            // Twice what one notification needs, so the lease is renewed about every other timeout, not per notification.
+            self.store.extend_lease(job, (timeout + LEASE_MARGIN) * 2).await?;
+        }
         self.notify(job, &row, &config, &status, send, pending).await
     }
 
@@ -356,10 +367,7 @@ impl Lane {
             events_since_start: last_number.unwrap_or(row.events_since_start),
         };
         let bundle = notification_bundle(&facts, kind, events, config.content);
-        let timeout = config
-            .timeout_secs
-            .map_or(self.settings.default_timeout, Duration::from_secs)
-            .min(self.settings.max_timeout);
+        let timeout = self.settings.timeout_of(config);
         let body = serde_json::to_vec(&bundle).unwrap_or_default();
         let result = self.notifier.post(&config.endpoint, &config.headers, body, timeout).await;
         let kind_label = kind.as_str();
