@@ -38,12 +38,37 @@ struct Shared {
     answer: Arc<AtomicU16>,
 }
 
-/// An HTTP receiver on its own runtime, which the test can stop and start again on the same port.
+/// An HTTP (or HTTPS) receiver on its own runtime, which the test can stop and start again on the same port.
 struct Receiver {
     runtime: tokio::runtime::Runtime,
     addr: SocketAddr,
     shared: Shared,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     stop: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+/// A TLS listener for axum: handshakes that fail are dropped and the next connection accepted.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
 }
 
 async fn record(State(shared): State<Shared>, uri: axum::http::Uri, headers: HeaderMap, body: String) -> StatusCode {
@@ -72,10 +97,14 @@ async fn record(State(shared): State<Shared>, uri: axum::http::Uri, headers: Hea
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    fn start_with(tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>) -> Receiver {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let shared = Shared { got: Arc::new(Mutex::new(Vec::new())), answer: Arc::new(AtomicU16::new(200)) };
-        let mut receiver = Receiver { runtime, addr, shared, stop: None };
+        let mut receiver = Receiver { runtime, addr, shared, tls, stop: None };
         receiver.listen();
         receiver
     }
@@ -99,9 +128,15 @@ impl Receiver {
             }
         });
         let app = axum::Router::new().route("/{*path}", axum::routing::post(record)).with_state(shared);
-        let task = self.runtime.spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned()).await.unwrap();
-        });
+        let task = match self.tls.clone() {
+            None => self.runtime.spawn(async move {
+                axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned()).await.unwrap();
+            }),
+            Some(config) => self.runtime.spawn(async move {
+                let listener = TlsListener { tcp: listener, acceptor: tokio_rustls::TlsAcceptor::from(config) };
+                axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned()).await.unwrap();
+            }),
+        };
         self.stop = Some((stop, task));
     }
 
@@ -490,6 +525,33 @@ fn heartbeats_follow_the_period() {
     let id = create(addr, &s)["id"].as_str().unwrap().to_owned();
     wait_for_status(addr, &id, "active");
     receiver.wait_until("two heartbeats", |r| r.received("beat").iter().filter(|n| n.kind == "heartbeat").count() >= 2);
+}
+
+/// An https endpoint is reached over TLS and verified against `subscriptions.ca_file`: a certificate for
+/// `localhost` is accepted at `https://localhost`, refused at `https://127.0.0.1` (the name does not match).
+#[test]
+fn https_endpoints_are_verified_against_the_configured_authorities() {
+    let pki = pki::Pki::generate();
+    let tls = ::mllp::TlsServerConfig {
+        cert_chain_pem: pki.server_cert.clone(),
+        key_pem: pki.server_key.clone(),
+        client_ca_pem: None,
+    }
+    .load()
+    .unwrap();
+    let receiver = Receiver::start_with(Some(tls));
+    let dir = temp_dir();
+    let ca = pki.ca.display().to_string();
+    let db_url = format!("sqlite:{}", dir.path().join("gw.db").display());
+    let (_gw, addr) = start_gateway(dir.path(), &db_url, &[("SDOH_GATEWAY_SUBSCRIPTIONS__CA_FILE", &ca)]);
+    let port = receiver.addr.port();
+    let good = create(addr, &subscription(TASK_TOPIC, None, &format!("https://localhost:{port}/secure"), "id-only"));
+    let wrong_name = create(addr, &subscription(TASK_TOPIC, None, &format!("https://127.0.0.1:{port}/ip"), "id-only"));
+    wait_for_status(addr, good["id"].as_str().unwrap(), "active");
+    wait_for_status(addr, wrong_name["id"].as_str().unwrap(), "error");
+    create(addr, &task("Organization/cbo-a", "requested"));
+    receiver.wait_until("the event over TLS", |r| r.events("secure") == [1]);
+    assert!(receiver.received("ip").is_empty(), "nothing reaches an endpoint whose certificate does not match");
 }
 
 /// Bad Subscriptions are refused with a 400 OperationOutcome naming the problem; the CapabilityStatement describes
