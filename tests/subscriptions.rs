@@ -413,6 +413,8 @@ fn receiver_outage(db_url: &str) {
         referral = put(addr, &referral);
     }
     wait_for_status(addr, &id, "error");
+    let stored = get(addr, &format!("/fhir/Subscription/{id}"));
+    assert!(stored["error"].as_str().unwrap().contains("consecutive notifications failed"), "{stored}");
     let error = status_param(addr, &id, "error").expect("$status reports the failures");
     assert!(error["valueCodeableConcept"]["text"].as_str().unwrap().contains("failed"));
     assert_eq!(status_param(addr, &id, "events-since-subscription-start").unwrap()["valueString"], "8");
@@ -421,6 +423,7 @@ fn receiver_outage(db_url: &str) {
     receiver.wait_until("all eight events", |r| r.events("hook").len() >= 8);
     wait_for_status(addr, &id, "active");
     assert_eq!(receiver.events("hook"), numbered(8), "every event once, in order");
+    assert!(get(addr, &format!("/fhir/Subscription/{id}")).get("error").is_none(), "the error is cleared");
     assert!(status_param(addr, &id, "error").is_none(), "no failures since the last success");
     let (_, _, metrics) = http(addr, "GET", "/metrics", None);
     let series = |outcome: &str| {

@@ -56,7 +56,8 @@ pub async fn delete(
 }
 
 /// Queues the work a new version triggers. A QuestionnaireResponse is normalized into screening Observations and
-/// health concerns whichever way it arrived (REST, Bundle, HL7 v2 conversion).
+/// health concerns whichever way it arrived (REST, Bundle, HL7 v2 conversion); a change to what a subscription
+/// topic is about records that subscription's events ([`crate::subscriptions::after_change`]).
 async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<(), StoreError> {
     if version.resource_type == "QuestionnaireResponse" {
         let payload = json!({

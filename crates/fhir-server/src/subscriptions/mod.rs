@@ -88,6 +88,14 @@ pub fn prepare(caller: &Caller, mut resource: Value, current: Option<&StoredReso
     let Some(object) = resource.as_object_mut() else {
         return Err(FhirError::bad_request(IssueType::Structure, "a Subscription must be a JSON object"));
     };
+    // `error` is the server's account of failed notifications: kept while the stored status stands.
+    object.remove("error");
+    if let Some(stored) = &live
+        && stored.get("status").and_then(Value::as_str) == Some(status.as_str())
+        && let Some(error) = stored.get("error")
+    {
+        object.insert("error".into(), error.clone());
+    }
     object.insert("status".into(), Value::String(status));
     let mut extensions: Vec<Value> = object
         .remove("extension")

@@ -393,7 +393,7 @@ impl Lane {
                     }
                     pending.apply(&mut tx, id).await?;
                     if new_status != status {
-                        write_status(&mut tx, id, new_status).await?;
+                        write_status(&mut tx, id, new_status, None).await?;
                     }
                     tx.commit().await?;
                 }
@@ -422,7 +422,8 @@ impl Lane {
                     status
                 };
                 if new_status != status {
-                    write_status(&mut tx, id, new_status).await?;
+                    let why = format!("{failures} consecutive notifications failed; the last: {reason}");
+                    write_status(&mut tx, id, new_status, Some(&why)).await?;
                 }
                 let turn = if new_status == "off" {
                     tx.finish_subscription_delivery(id).await?;
@@ -449,13 +450,20 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Writes a new Subscription version with `status` (the server owns it), through the one write path.
-async fn write_status(tx: &mut store::StoreTx, id: &str, status: &str) -> Result<(), StoreError> {
+/// Writes a new Subscription version with `status` (the server owns it) and `error` (R4 `Subscription.error`: why
+/// it failed; removed on recovery), through the one write path. The text names counts and failure kinds only.
+async fn write_status(tx: &mut store::StoreTx, id: &str, status: &str, error: Option<&str>) -> Result<(), StoreError> {
     let Some(current) = tx.read("Subscription", id).await?.filter(|c| !c.deleted) else { return Ok(()) };
     let Some(mut resource) = current.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()) else {
         return Ok(());
     };
     resource["status"] = Value::String(status.to_owned());
+    if let Some(object) = resource.as_object_mut() {
+        match error {
+            Some(text) => object.insert("error".into(), Value::String(text.to_owned())),
+            None => object.remove("error"),
+        };
+    }
     fhir_server::rest::write::put(tx, resource, Precondition::Version(current.version_id)).await?;
     Ok(())
 }
