@@ -13,5 +13,6 @@
 pub mod auth;
 pub mod rest;
 pub mod search;
+pub mod subscriptions;
 
 pub use rest::{FhirError, FhirState, router};

@@ -24,6 +24,7 @@ pub struct GatewayConfig {
     pub fhir: FhirConfig,
     pub outbound: OutboundConfig,
     pub auth: AuthConfig,
+    pub subscriptions: SubscriptionsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +195,78 @@ impl Default for OutboundConfig {
             idle_close_secs: 60,
             destinations: Vec::new(),
         }
+    }
+}
+
+/// Rest-hook notification delivery for topic-based Subscriptions (FHIR R4 Subscriptions Backport).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsConfig {
+    /// Whether this replica delivers notifications. Events are recorded either way.
+    pub enabled: bool,
+    /// Delivery tasks; each serves one subscription at a time.
+    pub workers: usize,
+    /// Consecutive failed notifications after which a subscription's status becomes `error` (still retried).
+    pub error_after_failures: u32,
+    /// Consecutive failed notifications after which a subscription's status becomes `off` (delivery stops).
+    pub off_after_failures: u32,
+    /// Delay before the first retry of a failed notification, in milliseconds; it doubles per failure (+/-20 %).
+    pub backoff_base_ms: u64,
+    /// Longest delay between retries, in seconds.
+    pub backoff_max_secs: u64,
+    /// Timeout of one notification when the Subscription sets no `backport-timeout`, in seconds.
+    pub default_timeout_secs: u64,
+    /// Upper bound on a Subscription's `backport-timeout`, in seconds.
+    pub max_timeout_secs: u64,
+    /// Most events in one notification (a Subscription's `backport-max-count` may ask for fewer; default 1).
+    pub max_events_per_notification: u32,
+    /// How often due heartbeats are looked for, in milliseconds.
+    pub heartbeat_check_ms: u64,
+    /// PEM file of the certificate authorities that https endpoints are verified against; empty: the system
+    /// bundle (`/etc/ssl/certs/ca-certificates.crt`) when present.
+    pub ca_file: String,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        SubscriptionsConfig {
+            enabled: true,
+            workers: 4,
+            error_after_failures: 3,
+            off_after_failures: 20,
+            backoff_base_ms: 1000,
+            backoff_max_secs: 300,
+            default_timeout_secs: 10,
+            max_timeout_secs: 60,
+            max_events_per_notification: 100,
+            heartbeat_check_ms: 1000,
+            ca_file: String::new(),
+        }
+    }
+}
+
+impl SubscriptionsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, value: u64| {
+            if value == 0 { Err(ConfigError::Invalid { key, reason: "must be at least 1".into() }) } else { Ok(()) }
+        };
+        positive("subscriptions.error_after_failures", u64::from(self.error_after_failures))?;
+        positive("subscriptions.backoff_base_ms", self.backoff_base_ms)?;
+        positive("subscriptions.backoff_max_secs", self.backoff_max_secs)?;
+        positive("subscriptions.default_timeout_secs", self.default_timeout_secs)?;
+        positive("subscriptions.max_timeout_secs", self.max_timeout_secs)?;
+        positive("subscriptions.max_events_per_notification", u64::from(self.max_events_per_notification))?;
+        positive("subscriptions.heartbeat_check_ms", self.heartbeat_check_ms)?;
+        if self.off_after_failures < self.error_after_failures {
+            return Err(ConfigError::Invalid {
+                key: "subscriptions.off_after_failures",
+                reason: "must be at least subscriptions.error_after_failures".into(),
+            });
+        }
+        if !self.ca_file.is_empty() && !Path::new(&self.ca_file).is_file() {
+            return Err(ConfigError::Invalid { key: "subscriptions.ca_file", reason: "is not a readable file".into() });
+        }
+        Ok(())
     }
 }
 
@@ -465,6 +538,7 @@ impl GatewayConfig {
             return Err(ConfigError::Invalid { key: "workers.lease_secs", reason: "must be at least 1".into() });
         }
         self.outbound.validate()?;
+        self.subscriptions.validate()?;
         Ok(())
     }
 

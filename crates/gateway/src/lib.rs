@@ -12,6 +12,7 @@ pub mod outbound;
 pub mod outbound_admin;
 pub mod outbound_cli;
 pub mod serve;
+pub mod subscriptions;
 pub mod synth;
 pub mod telemetry;
 pub mod worker;

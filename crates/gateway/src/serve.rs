@@ -70,6 +70,22 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let outbound_task = crate::outbound::spawn(store.clone(), &config.outbound, shutdown.clone())
         .context("cannot start outbound HL7 v2 delivery")?;
 
+    // Subscription notifications: handshakes, events in order per subscription, heartbeats, retries.
+    let mut notify_tasks = tokio::task::JoinSet::new();
+    if config.subscriptions.enabled && config.subscriptions.workers > 0 {
+        let tls = crate::subscriptions::tls_roots(&config.subscriptions)?;
+        let notifier = crate::subscriptions::Notifier::new(
+            tls,
+            Duration::from_secs(config.subscriptions.default_timeout_secs.max(1)),
+        );
+        let settings = crate::subscriptions::DeliverySettings::new(
+            &config.subscriptions,
+            config.fhir_base_url(http_addr),
+            Duration::from_millis(config.workers.poll_interval_ms.max(10)),
+        );
+        notify_tasks = crate::subscriptions::spawn(store.clone(), settings, notifier, shutdown.clone());
+    }
+
     let mut fhir = fhir_server::FhirState::new(store.clone(), config.fhir_base_url(http_addr));
     fhir.allow_update_create = config.fhir.allow_update_create;
     fhir.max_body_bytes = config.http.max_body_bytes;
@@ -126,6 +142,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         // Workers saw the same cancellation and finish the entry or job in hand (concurrently with the above).
         while worker_tasks.join_next().await.is_some() {}
         let _ = outbound_task.await;
+        while notify_tasks.join_next().await.is_some() {}
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(grace_secs = grace.as_secs(), "in-flight work did not finish within the grace period");

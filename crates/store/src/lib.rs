@@ -11,6 +11,7 @@ mod journal;
 mod outbound;
 mod resources;
 mod search;
+mod subscriptions;
 mod time;
 mod tx;
 
@@ -31,6 +32,7 @@ pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, New
 pub use outbound::{OutboundAck, OutboundQuery, OutboundRecord, OutboundState};
 pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
 pub use search::*;
+pub use subscriptions::{SubscriptionEvent, SubscriptionRow, SubscriptionSpec};
 pub use time::{Timestamp, format_instant};
 pub use tx::StoreTx;
 

@@ -526,6 +526,7 @@ fn plan_entry(index: usize, entry: &Value) -> Result<Planned, FhirError> {
                 FhirError::bad_request(IssueType::Required, "entry.resource is required").at("resource")
             })?;
             validate_resource(&resource, &resource_type)?;
+            crate::subscriptions::refuse_indirect_write(&resource_type)?;
             match (method, resource.get("id").and_then(Value::as_str)) {
                 // A conditional PUT's id is checked against what the criteria match.
                 (Method::Put, _) if condition.is_some() => {}
@@ -628,6 +629,7 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
                     patch::PatchError::Failed(_) => FhirError::unprocessable(IssueType::Processing, e.to_string()),
                 })?;
                 validate_resource(&patched, &plan.resource_type)?;
+                crate::subscriptions::refuse_indirect_write(&plan.resource_type)?;
                 if patched.get("id").and_then(Value::as_str) != Some(plan.id.as_str()) {
                     return Err(FhirError::unprocessable(IssueType::Invalid, "a patch may not change the resource id"));
                 }

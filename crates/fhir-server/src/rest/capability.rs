@@ -57,6 +57,9 @@ pub fn capability_statement(state: &FhirState) -> Value {
             if *t == "Task" {
                 resource["documentation"] = json!(TASK_POLLING);
             }
+            if *t == "Subscription" {
+                crate::subscriptions::describe_capability(&mut resource);
+            }
             resource
         })
         .collect();

@@ -19,12 +19,12 @@ pub enum IssueType {
     Conflict,
     Duplicate,
     Processing,
+    Forbidden,
     NotSupported,
     TooLong,
     Exception,
     Transient,
     Informational,
-    Forbidden,
     BusinessRule,
     Login,
 }

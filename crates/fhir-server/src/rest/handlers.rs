@@ -217,6 +217,9 @@ pub async fn create(
         })?),
     };
     let mut resource = resource_body(&state, &resource_type, body).await?;
+    if resource_type == "Subscription" {
+        resource = crate::subscriptions::prepare(&state.caller, resource, None)?;
+    }
     let mut tx = None;
     if let Some(query) = condition {
         let (begun, matches) =
@@ -309,7 +312,7 @@ pub async fn update(
     check_type(&resource_type)?;
     check_id(&id)?;
     let expected = media::if_match(&headers)?;
-    let resource = resource_body(&state, &resource_type, body).await?;
+    let mut resource = resource_body(&state, &resource_type, body).await?;
     match resource.get("id") {
         None => {
             return Err(FhirError::bad_request(IssueType::Required, "the resource must carry the id of the URL")
@@ -333,6 +336,9 @@ pub async fn update(
         (None, Some(c)) => Precondition::Version(c.version_id),
         (None, None) => Precondition::MustNotExist,
     };
+    if resource_type == "Subscription" {
+        resource = crate::subscriptions::prepare(&state.caller, resource, current.as_ref())?;
+    }
     let written = write::put_as(&mut tx, &state.caller, resource, precondition)
         .await
         .map_err(|e| conflict_status(e, expected))?;
@@ -379,6 +385,10 @@ pub async fn patch(
         e.diagnostics = format!("the patched resource is not valid: {}", e.diagnostics);
         e
     })?;
+    let patched = match resource_type.as_str() {
+        "Subscription" => crate::subscriptions::prepare(&state.caller, patched, Some(&current))?,
+        _ => patched,
+    };
     let written = write::put_as(&mut tx, &state.caller, patched, Precondition::Version(current.version_id))
         .await
         .map_err(|e| conflict_status(e, expected))?;
@@ -434,6 +444,7 @@ async fn conditional_update(
     body: Body,
 ) -> Result<Response, FhirError> {
     check_type(resource_type)?;
+    crate::subscriptions::refuse_indirect_write(resource_type)?;
     let expected = media::if_match(headers)?;
     let mut resource = resource_body(state, resource_type, body).await?;
     let body_id = match resource.get("id") {

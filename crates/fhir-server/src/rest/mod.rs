@@ -25,6 +25,9 @@ use store::Store;
 use tower_http::compression::CompressionLayer;
 
 pub use error::{FhirError, IssueType};
+pub(crate) use handlers::{check_id, json_response, new_id, path_error};
+pub(crate) use media::{parse_json, read_body};
+pub(crate) use search::form_pairs;
 
 /// `Content-Type` of every response body this server writes.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -125,6 +128,7 @@ pub fn router(state: FhirState) -> Router {
         )
         .route("/{type}/{id}/_history", get(history::instance_history))
         .route("/{type}/{id}/_history/{vid}", get(handlers::vread))
+        .route("/{type}/{id}/{operation}", get(crate::subscriptions::operation).post(crate::subscriptions::operation))
         .fallback(handlers::unknown_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), media::negotiate))

@@ -158,7 +158,8 @@ async fn grant_to_author(tx: &mut StoreTx, caller: &Caller, version: &StoredReso
 /// Does what a new version triggers: referral bookkeeping (grants, the ServiceRequest following its Task), and
 /// queued work. A QuestionnaireResponse is normalized into screening Observations and health concerns whichever
 /// way it arrived (REST, Bundle, HL7 v2 conversion); a referral Task from an HL7 v2 REF reports its status changes
-/// back to the referring EHR. `content` is the written resource (`None` for a deletion).
+/// back to the referring EHR; a change to what a subscription topic is about records that subscription's
+/// events ([`crate::subscriptions::after_change`]). `content` is the written resource (`None` for a deletion).
 async fn after_change(tx: &mut StoreTx, version: &StoredResource, content: Option<&Value>) -> Result<(), StoreError> {
     match (version.resource_type.as_str(), content) {
         ("Task", Some(task)) => referral::after_task_write(tx, &version.id, task).await?,
@@ -174,5 +175,5 @@ async fn after_change(tx: &mut StoreTx, version: &StoredResource, content: Optio
         tx.enqueue(&NewJob::new(NORMALIZE_QUEUE, payload.to_string())).await?;
     }
     super::referral_status::after_change(tx, version).await?;
-    Ok(())
+    crate::subscriptions::after_change(tx, version).await
 }
