@@ -302,6 +302,28 @@ fn referral_lifecycle(db_url: &str) {
     assert!(api.search_ids(&cbo_b, "/fhir/ServiceRequest").is_empty());
     assert!(api.search_ids(&cbo_b, "/fhir/Procedure").is_empty());
 
+    // A CBO's Subscription, its $status and $events are its own; another CBO cannot name someone else's owner.
+    let backport = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+    let subscription = |owner: &str| {
+        json!({
+            "resourceType": "Subscription", "status": "requested", "reason": "new referrals",
+            "criteria": "https://sdoh-gateway.org/fhir/SubscriptionTopic/new-referral",
+            "_criteria": {"extension": [{"url": format!("{backport}backport-filter-criteria"), "valueString": format!("Task?owner={owner}")}]},
+            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json",
+                "_payload": {"extension": [{"url": format!("{backport}backport-payload-content"), "valueCode": "id-only"}]}}
+        })
+    };
+    let (status, created) = api.call(&cbo_a, "POST", "/fhir/Subscription", Some(&subscription("Organization/cbo-a")));
+    assert_eq!(status, 201, "{created}");
+    let sub_id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.get(&cbo_a, &format!("/fhir/Subscription/{sub_id}/$status")).0, 200);
+    assert_eq!(api.get(&cbo_a, &format!("/fhir/Subscription/{sub_id}/$events")).0, 200);
+    assert_eq!(api.get(&cbo_b, &format!("/fhir/Subscription/{sub_id}/$status")).0, 404);
+    assert_eq!(api.get(&cbo_b, &format!("/fhir/Subscription/{sub_id}/$events")).0, 404);
+    assert_eq!(api.get(&cbo_b, &format!("/fhir/Subscription/{sub_id}")).0, 404);
+    let (status, body) = api.call(&cbo_b, "POST", "/fhir/Subscription", Some(&subscription("Organization/cbo-a")));
+    assert_eq!(status, 403, "{body}");
+
     // Revocation: the token stops working (cache disabled here).
     let (status, _, err) = run(dir.path(), &["--database-url", db_url, "clients", "revoke", &cbo_b.client_id], &[]);
     assert!(status.success(), "{err}");

@@ -48,7 +48,9 @@ async fn activate(app: &TestApp, id: &str) {
 }
 
 fn task(id: &str, owner: &str, focus: &str) -> Value {
+    // A referral Task (code fulfill, focus a ServiceRequest): its owner is granted it and its context.
     json!({"resourceType": "Task", "id": id, "status": "requested", "intent": "order",
+           "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
            "focus": {"reference": focus}, "requester": {"reference": "Organization/clinic"},
            "owner": {"reference": owner}})
 }

@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -12,14 +12,14 @@ use store::SubscriptionRow;
 
 use super::notification::{EventWithFocus, NotificationType, StatusFacts, notification_bundle, status_parameters};
 use super::spec::PayloadContent;
-use crate::rest::{FhirError, FhirState, IssueType};
+use crate::rest::{Acting, FhirError, FhirState, IssueType};
 
 /// Most events one `$events` answer carries.
 const MAX_EVENTS: u32 = 1000;
 
 /// `GET|POST /{type}/{id}/{operation}`: the instance operations (`$status`, `$events` on Subscription).
 pub async fn operation(
-    State(state): State<FhirState>,
+    Acting(state): Acting,
     method: Method,
     path: Result<Path<(String, String, String)>, PathRejection>,
     RawQuery(query): RawQuery,
@@ -80,7 +80,8 @@ async fn body_parameters(state: &FhirState, body: Body) -> Result<Vec<(String, S
 }
 
 async fn subscription_state(state: &FhirState, id: &str) -> Result<(SubscriptionRow, Value), FhirError> {
-    let stored = state.store.read("Subscription", id).await?;
+    // A client sees the status and events of the Subscriptions within its scope only (those it created).
+    let stored = state.store.read_as(&state.scope(), "Subscription", id).await?;
     let resource = stored
         .filter(|s| !s.deleted)
         .and_then(|s| s.content)
