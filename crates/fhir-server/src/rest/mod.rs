@@ -24,6 +24,7 @@ use store::Store;
 use tower_http::compression::CompressionLayer;
 
 pub use error::{FhirError, IssueType};
+pub(crate) use search::form_pairs;
 
 /// `Content-Type` of every response body this server writes.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";

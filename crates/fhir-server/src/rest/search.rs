@@ -693,7 +693,7 @@ async fn run(
 }
 
 /// Splits and decodes an `application/x-www-form-urlencoded` string (query strings use the same rules).
-fn form_pairs(text: &str) -> Result<Vec<(String, String)>, FhirError> {
+pub(crate) fn form_pairs(text: &str) -> Result<Vec<(String, String)>, FhirError> {
     let decode = |s: &str| -> Option<String> {
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
