@@ -24,6 +24,20 @@ pub struct GatewayConfig {
     pub fhir: FhirConfig,
     pub outbound: OutboundConfig,
     pub auth: AuthConfig,
+    pub measures: MeasuresConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeasuresConfig {
+    /// The closed-loop window: a referral counts as closed when its Task completed within this many days.
+    pub completion_window_days: u32,
+}
+
+impl Default for MeasuresConfig {
+    fn default() -> Self {
+        MeasuresConfig { completion_window_days: 30 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,6 +419,12 @@ impl GatewayConfig {
             .map_err(|e| ConfigError::Invalid { key: "log.level", reason: e.to_string() })?;
         if self.http.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid { key: "http.max_body_bytes", reason: "must be at least 1024".into() });
+        }
+        if !(1..=365).contains(&self.measures.completion_window_days) {
+            return Err(ConfigError::Invalid {
+                key: "measures.completion_window_days",
+                reason: "must be from 1 to 365".into(),
+            });
         }
         if self.workers.max_attempts < 1 {
             return Err(ConfigError::Invalid { key: "workers.max_attempts", reason: "must be at least 1".into() });

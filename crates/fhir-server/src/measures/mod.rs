@@ -136,10 +136,15 @@ pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, FhirError
 /// `/{type}` routes: Measures are data of the gateway, read-only).
 pub fn router(state: MeasuresState) -> Router {
     Router::new()
-        .route("/Measure", get(list_measures))
-        .route("/Measure/{id}", get(read_measure))
-        .route("/Measure/{id}/$evaluate-measure", get(evaluate_measure))
+        .route("/Measure", get(list_measures).fallback(read_only))
+        .route("/Measure/{id}", get(read_measure).fallback(read_only))
+        .route("/Measure/{id}/$evaluate-measure", get(evaluate_measure).fallback(read_only))
         .with_state(state)
+}
+
+/// Measures are the gateway's definitions (`profiles/measures/`): they are read, never written over the API.
+async fn read_only() -> FhirError {
+    FhirError::method_not_allowed("Measure resources are generated from the gateway's measure definitions; only GET")
 }
 
 /// `GET /Measure`: every measure, as a searchset Bundle.
