@@ -579,3 +579,130 @@ fn measures_are_open_to_admin_ehr_and_registry_clients_not_cbos() {
         assert_eq!(status_of(path, None), 200, "{path}");
     }
 }
+
+/// The browser the dashboard test drives: `SDOH_TEST_CHROMIUM`, else Debian's `chromium` (scripts/ci-setup.sh
+/// installs it).
+fn chromium() -> String {
+    if let Ok(path) = std::env::var("SDOH_TEST_CHROMIUM") {
+        return path;
+    }
+    for candidate in ["chromium", "chromium-browser"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {candidate}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if found {
+            return candidate.to_owned();
+        }
+    }
+    panic!("the dashboard test needs Chromium: run scripts/ci-setup.sh (apt-get install chromium)");
+}
+
+/// Loads `url` in headless Chromium and returns the DOM once the page's requests have settled.
+fn rendered_dom(url: &str, profile: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--virtual-time-budget=20000",
+            &format!("--user-data-dir={}", profile.display()),
+            "--dump-dom",
+            url,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut dom = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut dom).map(|_| dom)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap().expect("chromium's output")
+}
+
+#[test]
+fn dashboard_draws_charts_and_marks_suppressed_cells_in_headless_chromium() {
+    let dir = temp_dir();
+    let db_url = format!("sqlite:{}", dir.path().join("dashboard.db").display());
+    let client = |role: &str| -> String {
+        let (status, out, err) = run(
+            dir.path(),
+            &[
+                "--database-url",
+                &db_url,
+                "clients",
+                "add",
+                "--name",
+                role,
+                "--role",
+                role,
+                "--organization",
+                "Organization/clinic",
+                "--json",
+            ],
+            &[],
+        );
+        assert!(status.success(), "clients add: {err}");
+        serde_json::from_str::<Value>(out.trim()).unwrap()["token"].as_str().unwrap().to_owned()
+    };
+    // An operator loads the population (referral Tasks already completed); an EHR client looks at the dashboard.
+    let (admin, token) = (client("admin"), client("ehr"));
+    let mut gateway = Gateway::start(
+        dir.path(),
+        &["--http-listen", "127.0.0.1:0", "--database-url", &db_url],
+        &[("SDOH_GATEWAY_AUTH__REQUIRED", "true")],
+    );
+    let addr = gateway.wait_ready();
+    load(addr, &[("Authorization", &format!("Bearer {admin}"))]);
+
+    let url = format!(
+        "http://{addr}/dashboard#token={token}&measure=hrsn-screening-rate&stratifier=payer&period=month\
+         &from=2026-01-01&to=2026-03-31&chart=p-chart"
+    );
+    let dom = rendered_dom(&url, &dir.path().join("chromium-profile"));
+    let context = || format!("rendered DOM:\n{dom}");
+
+    // One chart per group, each an SVG with points, a centre line and control limits.
+    for group in ["overall", "Medicaid", "Medicare", "Private"] {
+        assert!(
+            dom.contains(&format!("<figure class=\"chart\" data-group=\"{group}\"")),
+            "no chart for {group}: {}",
+            context()
+        );
+    }
+    assert_eq!(dom.matches("<svg").count(), 4, "{}", context());
+    assert!(dom.matches("<circle class=\"point").count() >= 4, "{}", context());
+    assert!(dom.contains("class=\"centre\""), "{}", context());
+    assert!(dom.contains("class=\"limit upper\""), "{}", context());
+    // March is suppressed overall, for Private and for Medicaid: hatched markers and the word in the table.
+    assert_eq!(dom.matches("class=\"suppressed-marker\"").count(), 3, "{}", context());
+    assert!(dom.contains("<text class=\"suppressed-label\""), "{}", context());
+    assert!(
+        dom.contains(
+            "<tr data-group=\"Private\" data-period=\"2026-03\" class=\"suppressed\"><td>Private</td><td>2026-03</td>"
+        ),
+        "{}",
+        context()
+    );
+    assert_eq!(dom.matches("<td class=\"status\">suppressed (primary)</td>").count(), 3, "{}", context());
+    // Shown cells show their counts; suppressed ones none.
+    assert!(dom.contains("<td>Medicare</td><td>2026-02</td><td>15</td><td>30</td><td>50.0%</td>"), "{}", context());
+    assert!(dom.contains("3 cells suppressed"), "{}", context());
+    // The token went to sessionStorage and off the address: the page never shows it.
+    assert!(!dom.contains(&token), "the token is in the page");
+}
