@@ -1,6 +1,6 @@
 //! Measure cells as CSV (RFC 4180): one row per cell, the overall row of each measure and period first (stratifier
 //! and stratum `overall`), then each stratifier's strata. A suppressed row has empty counts, rate, interval and
-//! ratio, `suppressed` = `true` and the reason; `rate_ratio` is `1` for the reference stratum, empty where no ratio
+//! ratio, `suppressed` = `true` and the reason; `rate_ratio` is `1` for the reference stratum (when it has a rate), empty where no ratio
 //! exists; `median_days` is filled for the median measure only.
 
 use sdoh::measures::{Cell, CellValue, Comparison, Group};
@@ -30,7 +30,7 @@ pub fn row(cell: &Cell) -> String {
         CellValue::Suppressed(why) => format!(",,,,,,true,{},", suppression_code(*why)),
         CellValue::Shown(f) => {
             let ratio = match &f.comparison {
-                Comparison::Reference => "1".to_owned(),
+                Comparison::Reference if f.proportion.is_some() => "1".to_owned(),
                 Comparison::Ratio { ratio: Ok(r), .. } => number(Some(r.ratio)),
                 _ => String::new(),
             };

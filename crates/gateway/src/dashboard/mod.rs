@@ -87,7 +87,12 @@ async fn series(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, FhirError> {
     check_access(&caller)?;
-    let query = query::table_query(&query_pairs(raw.as_deref())?, &state.measures)?;
+    let pairs = query_pairs(raw.as_deref())?;
+    let mut query = query::table_query(&pairs, &state.measures)?;
+    // Charts are one breakdown at a time: without a stratifier, the overall series alone.
+    if !pairs.iter().any(|(name, _)| name == "stratifier") {
+        query.stratifiers.clear();
+    }
     let [measure] = query.measures.as_slice() else {
         return Err(
             FhirError::bad_request(IssueType::Invalid, "parameter measure: name exactly one measure").at("measure")
@@ -155,7 +160,7 @@ fn series_json(group: &Group, row: &[&Cell], scoring: Scoring) -> Value {
                 values.push(value);
                 subgroups.push(Subgroup { numerator: f.numerator, denominator: f.denominator });
                 let ratio = match &f.comparison {
-                    Comparison::Reference => Some(1.0),
+                    Comparison::Reference if f.proportion.is_some() => Some(1.0),
                     Comparison::Ratio { ratio: Ok(r), .. } => Some(r.ratio),
                     _ => None,
                 };

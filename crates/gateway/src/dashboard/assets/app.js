@@ -130,7 +130,7 @@
 
   function chart(data, series, index) {
     const kind = $("chart-kind").value === "run-chart" || data.measure.scoring !== "proportion" ? "run-chart" : "p-chart";
-    const width = 480, height = 220, left = 46, right = 10, top = 12, bottom = 36;
+    const width = 480, height = 220, left = 46, right = 30, top = 12, bottom = 36;
     const plotWidth = width - left - right, plotHeight = height - top - bottom;
     const n = data.periods.length;
     const x = (i) => left + (n === 1 ? plotWidth / 2 : (i * plotWidth) / (n - 1));
