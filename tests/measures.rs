@@ -449,6 +449,33 @@ fn measures_on(db_url: &str) {
     );
     let line = closed.lines().nth(1).unwrap();
     assert!(line.starts_with("hrsn-closed-loop-rate,2026-Q1,overall,overall,14,22,0.636364,"), "{line}");
+    // The dashboard's series: March is suppressed, so the p-chart's centre line pools January and February only
+    // (40 + 15 of 40 + 30), never the hidden March counts.
+    let (status, data) =
+        get_json(addr, "/dashboard/api/series?measure=hrsn-screening-rate&period=month&from=2026-01-01&to=2026-03-31");
+    assert_eq!(status, 200, "{data}");
+    assert_eq!(data["periods"], json!(["2026-01", "2026-02", "2026-03"]));
+    assert_eq!(data["series"].as_array().unwrap().len(), 1, "overall only without a stratifier");
+    let overall = &data["series"][0];
+    assert_eq!(overall["group"], "overall");
+    assert_eq!(overall["points"][2], json!({"period": "2026-03", "suppressed": "primary"}));
+    let p_bar = 55.0 / 70.0;
+    assert!(close(&overall["p_chart"]["centre"], p_bar), "{overall}");
+    let sigma = |n: f64| (p_bar * (1.0 - p_bar) / n).sqrt();
+    let january = &overall["p_chart"]["limits"][0];
+    assert!(close(&january["upper"], p_bar + 3.0 * sigma(40.0)), "{january}");
+    assert!(close(&january["lower"], p_bar - 3.0 * sigma(40.0)), "{january}");
+    assert_eq!(january["outside"], true, "100% in January is above its upper limit");
+    let february = &overall["p_chart"]["limits"][1];
+    assert!(close(&february["lower"], p_bar - 3.0 * sigma(30.0)), "{february}");
+    assert_eq!(overall["p_chart"]["limits"][2], json!({"lower": null, "upper": null, "outside": false}));
+    assert!(close(&overall["run_chart"]["median"], 0.75), "median of 1.0 and 0.5: {overall}");
+    let (status, _) = get_json(
+        addr,
+        "/dashboard/api/series?measure=hrsn-screening-rate&from=2026-01-01&to=2026-03-31&stratifier=race,sex",
+    );
+    assert_eq!(status, 400);
+
     gateway.terminate();
     assert!(gateway.wait_exit(Duration::from_secs(20)).success());
 }
