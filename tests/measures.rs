@@ -478,6 +478,18 @@ fn measures_on(db_url: &str) {
 
     gateway.terminate();
     assert!(gateway.wait_exit(Duration::from_secs(20)).success());
+
+    // The closed-loop window is configuration: with 60 days, B's four 60-day completions count too (18 of 22).
+    let mut gateway = Gateway::start(
+        dir.path(),
+        &["--http-listen", "127.0.0.1:0", "--database-url", db_url],
+        &[("SDOH_GATEWAY_MEASURES__COMPLETION_WINDOW_DAYS", "60")],
+    );
+    let addr = gateway.wait_ready();
+    let report = evaluate(addr, "hrsn-closed-loop-rate", "2026-01-01", "2026-03-31", "&stratifier=none");
+    assert_eq!(counts(&report["group"][0]), Some((18, 22)));
+    gateway.terminate();
+    assert!(gateway.wait_exit(Duration::from_secs(20)).success());
 }
 
 #[test]

@@ -728,6 +728,17 @@ mod tests {
     }
 
     #[test]
+    fn the_closed_loop_window_is_a_day_to_a_year() {
+        let mut config = GatewayConfig::default();
+        assert_eq!(config.measures.completion_window_days, 30);
+        config.validate().unwrap();
+        for days in [0, 366] {
+            config.measures.completion_window_days = days;
+            assert_eq!(invalid_key(config.validate()), "measures.completion_window_days");
+        }
+    }
+
+    #[test]
     fn outbound_destinations_are_validated_naming_the_key() {
         with_destination(|_| {}).unwrap();
         with_destination(|d| d.address = "[::1]:2575".into()).unwrap();
