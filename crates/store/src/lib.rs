@@ -9,6 +9,7 @@ mod error;
 mod jobs;
 mod journal;
 mod resources;
+mod scan;
 mod search;
 mod time;
 mod tx;

@@ -26,6 +26,7 @@ for_each_backend!(
     invalid_resources_are_refused,
     journal_stores_once_queues_a_job_and_lists_without_bodies,
     journal_status_and_reprocess,
+    scans_read_every_live_resource_of_a_type_by_key,
 );
 
 fn patient(id: &str, family: &str) -> Value {
@@ -549,4 +550,34 @@ async fn journal_status_and_reprocess(db: TestDb) {
     assert_eq!(requeued.len(), 1);
     assert_eq!(store::journal_ids_of(&requeued[0].payload), Some(vec![ids[1]]));
     assert_eq!(store.journal_reprocess(&[999_999], "convert", 5).await.unwrap(), 0, "unknown ids are skipped");
+}
+
+async fn scans_read_every_live_resource_of_a_type_by_key(db: TestDb) {
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..7 {
+        tx.put(patient(&format!("s{i}"), "A"), Precondition::None).await.unwrap();
+    }
+    tx.put(
+        json!({"resourceType": "Observation", "id": "s9", "status": "final", "code": {"text": "x"}}),
+        Precondition::None,
+    )
+    .await
+    .unwrap();
+    tx.delete("Patient", "s3", Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_current("Patient", after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|r| r.id.clone()));
+        if page.len() < 2 {
+            break;
+        }
+        after = page.last().map(|r| r.id.clone());
+    }
+    assert_eq!(seen, ["s0", "s1", "s2", "s4", "s5", "s6"], "in id order, deleted ones and other types left out");
+    assert!(store.scan_current("Patient", Some("s6"), 10).await.unwrap().is_empty());
 }

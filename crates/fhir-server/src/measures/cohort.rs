@@ -76,7 +76,7 @@ async fn computed_members(
     let mut ageless = registry.clone();
     ageless.minimum_age = None;
     let mut candidates: HashMap<String, Vec<ConditionFacts>> = HashMap::new();
-    for_each(store, "Condition", Vec::new(), |condition| {
+    for_each(store, "Condition", None, |condition| {
         let Some(patient) = patient_id(&condition["subject"]) else { return };
         let facts = condition_facts(condition);
         let alone = RegistryPatient { birth_date: None, conditions: vec![facts] };
@@ -89,7 +89,7 @@ async fn computed_members(
         return Ok(HashSet::new());
     }
     let mut members = HashSet::new();
-    for_each(store, "Patient", Vec::new(), |patient| {
+    for_each(store, "Patient", None, |patient| {
         let Some(id) = patient["id"].as_str() else { return };
         let Some(conditions) = candidates.remove(id) else { return };
         let facts = RegistryPatient { birth_date: date_of(&patient["birthDate"]), conditions };

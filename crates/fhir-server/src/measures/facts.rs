@@ -1,5 +1,5 @@
-//! Equity-measure facts from stored resources: one [`PatientFacts`] per patient, built by paging through the store
-//! type by type, so memory holds the facts (a few dozen bytes per encounter, screening and referral), never the
+//! Equity-measure facts from stored resources: one [`PatientFacts`] per patient, built by scanning the store type
+//! by type, so memory holds the facts (a few dozen bytes per encounter, screening and referral), never the
 //! resources.
 //!
 //! What is read, and why:
@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::NaiveDate;
 use sdoh::measures::{HrsnDomain, PatientFacts, Referral, Screening, parse_iso_date};
 use serde_json::Value;
-use store::{Cond, Scope, SearchQuery, SortBy, SortKey, Store, StoreError, SystemMatch, ValueTest};
+use store::{Store, StoreError};
 
 /// The SDOHCC temporary code system: domain categories of screenings, conditions and referrals.
 pub const SDOHCC_CODES: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare/CodeSystem/SDOHCC-CodeSystemTemporaryCodes";
@@ -236,54 +236,43 @@ fn task_progress(task: &Value) -> Option<(&str, Option<NaiveDate>, Option<NaiveD
 /// Builds the facts of every patient (or of the `cohort`'s patients) from the store.
 pub async fn load_facts(store: &Store, cohort: Option<&HashSet<String>>) -> Result<Vec<PatientFacts>, StoreError> {
     let mut builder = FactsBuilder::new(cohort);
-    for_each(store, "Patient", Vec::new(), |r| builder.add_patient(r)).await?;
-    for_each(store, "Coverage", Vec::new(), |r| builder.add_coverage(r)).await?;
-    for_each(store, "Encounter", Vec::new(), |r| builder.add_encounter(r)).await?;
-    let sdohcc = || vec![vec![sdohcc_category()]];
-    for_each(store, "Observation", sdohcc(), |r| builder.add_observation(r)).await?;
-    for_each(store, "ServiceRequest", sdohcc(), |r| builder.add_service_request(r)).await?;
-    for_each(store, "Task", Vec::new(), |r| builder.add_task(r)).await?;
+    for_each(store, "Patient", None, |r| builder.add_patient(r)).await?;
+    for_each(store, "Coverage", None, |r| builder.add_coverage(r)).await?;
+    for_each(store, "Encounter", None, |r| builder.add_encounter(r)).await?;
+    // Only SDOHCC-categorised Observations and ServiceRequests matter: the rest are passed over unparsed.
+    for_each(store, "Observation", Some(SDOHCC_CODES), |r| builder.add_observation(r)).await?;
+    for_each(store, "ServiceRequest", Some(SDOHCC_CODES), |r| builder.add_service_request(r)).await?;
+    for_each(store, "Task", Some("ServiceRequest/"), |r| builder.add_task(r)).await?;
     Ok(builder.finish())
 }
 
-fn sdohcc_category() -> Cond {
-    Cond::Match {
-        param: "category".into(),
-        test: ValueTest::Token { system: SystemMatch::Exactly(SDOHCC_CODES.into()), code: None },
-    }
-}
-
-/// Calls `visit` on every current resource of the type matching `clauses`, a page at a time, in id order.
-/// Aggregates are computed over everything: the caller's access was checked before, and every output is
-/// suppressed, so no scope narrows the reads.
+/// Calls `visit` on every live resource of the type (whose JSON contains `containing`, when given), a page at a
+/// time in id order, continuing after the last id (so the whole read is linear in the table's size). Aggregates
+/// are computed over everything: the caller's access was checked before, and every output is suppressed, so no
+/// scope narrows the reads.
 pub async fn for_each(
     store: &Store,
     resource_type: &str,
-    clauses: Vec<Vec<Cond>>,
+    containing: Option<&str>,
     mut visit: impl FnMut(&Value),
 ) -> Result<(), StoreError> {
-    let mut query = SearchQuery {
-        resource_type: resource_type.to_owned(),
-        clauses,
-        sort: vec![SortKey { by: SortBy::Id, descending: false }],
-        count: PAGE_SIZE,
-        offset: 0,
-        total: false,
-        scope: Scope::All,
-    };
+    let mut after: Option<String> = None;
     loop {
-        let page = store.search(&query).await?;
-        for stored in &page.resources {
+        let page = store.scan_current(resource_type, after.as_deref(), PAGE_SIZE).await?;
+        for stored in &page {
             let Some(content) = stored.content.as_deref() else { continue };
+            if containing.is_some_and(|needle| !content.contains(needle)) {
+                continue;
+            }
             match serde_json::from_str::<Value>(content) {
                 Ok(resource) => visit(&resource),
                 Err(_) => tracing::warn!(resource_type, id = %stored.id, "stored resource is not JSON; skipped"),
             }
         }
-        if !page.more {
+        if page.len() < PAGE_SIZE as usize {
             return Ok(());
         }
-        query.offset += u64::from(PAGE_SIZE);
+        after = page.last().map(|r| r.id.clone());
     }
 }
 
