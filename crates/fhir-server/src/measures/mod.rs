@@ -41,7 +41,13 @@ pub struct MeasuresState {
     pub cohorts: Arc<dyn CohortSource>,
     /// The FHIR base as clients reach it, without a trailing slash.
     pub base_url: String,
+    /// Evaluations running at once: each holds every patient's facts, so memory stays bounded however many
+    /// requests arrive (the others wait their turn).
+    evaluations: Arc<tokio::sync::Semaphore>,
 }
+
+/// Evaluations at once (see [`MeasuresState::evaluate`]).
+const CONCURRENT_EVALUATIONS: usize = 2;
 
 impl MeasuresState {
     /// The built-in measures and registries, with registry membership computed from stored Conditions.
@@ -52,6 +58,7 @@ impl MeasuresState {
             measures: Arc::new(MeasureSet::builtin().clone()),
             registries: Arc::new(Registries::builtin().clone()),
             base_url: base_url.into().trim_end_matches('/').to_owned(),
+            evaluations: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EVALUATIONS)),
         }
     }
 
@@ -69,6 +76,9 @@ impl MeasuresState {
 
     /// Evaluates the query over the stored data: cells by measure, period, overall then strata.
     pub async fn evaluate(&self, query: &MeasureQuery) -> Result<Vec<Cell>, FhirError> {
+        let _turn = self.evaluations.acquire().await.map_err(|_| {
+            FhirError::new(StatusCode::SERVICE_UNAVAILABLE, IssueType::Transient, "the gateway is shutting down")
+        })?;
         let started = Instant::now();
         let cohort = match &query.registry {
             None => None,
