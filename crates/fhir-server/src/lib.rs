@@ -11,6 +11,7 @@
 //! each parameter type, against which the SQL translation is checked in memory.
 
 pub mod auth;
+pub mod measures;
 pub mod rest;
 pub mod search;
 pub mod subscriptions;

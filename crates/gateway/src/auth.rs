@@ -6,7 +6,9 @@
 //! JWT assertions exchanged for access tokens) plugs in as another implementation without touching the FHIR layer,
 //! which only ever sees the `Caller` left in the request's extensions. Health probes and metrics stay open;
 //! `/metadata` is open to every authenticated client; everything else needs a valid token, and `/admin` the admin
-//! role. Failures are OperationOutcomes (401 with `WWW-Authenticate: Bearer`, 403), logged by client id only.
+//! role. `/measures.csv` and the dashboard's data (`/dashboard/api`) need a token too; the dashboard page and its
+//! assets hold no data and load without one. Failures are OperationOutcomes (401 with `WWW-Authenticate: Bearer`,
+//! 403), logged by client id only.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -110,10 +112,13 @@ fn bearer_token(request: &Request) -> Result<Option<&str>, &'static str> {
     Ok(Some(token.trim()))
 }
 
-/// Authenticates `/fhir` and `/admin` requests and leaves the [`Caller`] in the request's extensions.
+/// Authenticates `/fhir`, `/admin`, `/measures.csv` and `/dashboard/api` requests and leaves the [`Caller`] in the request's extensions.
 pub async fn authenticate(State(layer): State<AuthLayer>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let protected = path.starts_with("/fhir") || path.starts_with("/admin");
+    let protected = path.starts_with("/fhir")
+        || path.starts_with("/admin")
+        || path.starts_with("/dashboard/api")
+        || path == "/measures.csv";
     let Some(authenticator) = layer.authenticator.filter(|_| protected) else {
         return next.run(request).await;
     };

@@ -25,6 +25,20 @@ pub struct GatewayConfig {
     pub outbound: OutboundConfig,
     pub auth: AuthConfig,
     pub subscriptions: SubscriptionsConfig,
+    pub measures: MeasuresConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeasuresConfig {
+    /// The closed-loop window: a referral counts as closed when its Task completed within this many days.
+    pub completion_window_days: u32,
+}
+
+impl Default for MeasuresConfig {
+    fn default() -> Self {
+        MeasuresConfig { completion_window_days: 30 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -479,6 +493,12 @@ impl GatewayConfig {
         if self.http.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid { key: "http.max_body_bytes", reason: "must be at least 1024".into() });
         }
+        if !(1..=365).contains(&self.measures.completion_window_days) {
+            return Err(ConfigError::Invalid {
+                key: "measures.completion_window_days",
+                reason: "must be from 1 to 365".into(),
+            });
+        }
         if self.workers.max_attempts < 1 {
             return Err(ConfigError::Invalid { key: "workers.max_attempts", reason: "must be at least 1".into() });
         }
@@ -778,6 +798,17 @@ mod tests {
         match result {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_closed_loop_window_is_a_day_to_a_year() {
+        let mut config = GatewayConfig::default();
+        assert_eq!(config.measures.completion_window_days, 30);
+        config.validate().unwrap();
+        for days in [0, 366] {
+            config.measures.completion_window_days = days;
+            assert_eq!(invalid_key(config.validate()), "measures.completion_window_days");
         }
     }
 

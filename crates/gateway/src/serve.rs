@@ -87,6 +87,8 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
 
     let mut fhir = fhir_server::FhirState::new(store.clone(), config.fhir_base_url(http_addr));
+    let measures = fhir_server::measures::MeasuresState::new(store.clone(), config.fhir_base_url(http_addr))
+        .with_completion_window(config.measures.completion_window_days);
     fhir.allow_update_create = config.fhir.allow_update_create;
     fhir.max_body_bytes = config.http.max_body_bytes;
     let authenticator: Option<std::sync::Arc<dyn crate::auth::Authenticator>> = if config.auth.required {
@@ -100,6 +102,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let app = router(
         AppState { store: store.clone(), max_attempts: config.workers.max_attempts },
         fhir,
+        measures,
         crate::auth::AuthLayer { authenticator },
         config.http.max_body_bytes,
         Duration::from_secs(config.http.request_timeout_secs),

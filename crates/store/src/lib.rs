@@ -10,6 +10,7 @@ mod jobs;
 mod journal;
 mod outbound;
 mod resources;
+mod scan;
 mod search;
 mod subscriptions;
 mod time;

@@ -27,6 +27,7 @@ for_each_backend!(
     journal_stores_once_queues_a_job_and_lists_without_bodies,
     journal_status_and_reprocess,
     outbound_log_follows_its_jobs_transactions,
+    scans_read_every_live_resource_of_a_type_by_key,
 );
 
 fn patient(id: &str, family: &str) -> Value {
@@ -658,4 +659,34 @@ async fn outbound_log_follows_its_jobs_transactions(db: TestDb) {
     let mut counts = store.outbound_counts().await.unwrap();
     counts.sort();
     assert_eq!(counts, [("acknowledged".to_owned(), 1), ("dead".to_owned(), 2)]);
+}
+
+async fn scans_read_every_live_resource_of_a_type_by_key(db: TestDb) {
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..7 {
+        tx.put(patient(&format!("s{i}"), "A"), Precondition::None).await.unwrap();
+    }
+    tx.put(
+        json!({"resourceType": "Observation", "id": "s9", "status": "final", "code": {"text": "x"}}),
+        Precondition::None,
+    )
+    .await
+    .unwrap();
+    tx.delete("Patient", "s3", Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_current("Patient", after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|r| r.id.clone()));
+        if page.len() < 2 {
+            break;
+        }
+        after = page.last().map(|r| r.id.clone());
+    }
+    assert_eq!(seen, ["s0", "s1", "s2", "s4", "s5", "s6"], "in id order, deleted ones and other types left out");
+    assert!(store.scan_current("Patient", Some("s6"), 10).await.unwrap().is_empty());
 }

@@ -183,7 +183,10 @@ fn primitive_of(key: &str, parent_key: &str) -> Option<Primitive> {
         "value" if quantity_parent => Some(Primitive::Decimal),
         "authoredOn" | "authored" | "date" | "dateTime" | "lastModified" => Some(Primitive::DateTime),
         "start" | "end" if parent_key == "period" || parent_key.ends_with("Period") => Some(Primitive::DateTime),
-        "gender" | "status" | "intent" | "priority" | "language" => Some(Primitive::Code),
+        "gender" | "status" | "intent" | "priority" => Some(Primitive::Code),
+        // Resource.language and Attachment.language are codes; Patient/RelatedPerson.communication.language is a
+        // CodeableConcept.
+        "language" if parent_key != "communication" => Some(Primitive::Code),
         // `*Date` elements are date or dateTime depending on the resource; dateTime's grammar accepts both.
         k if k.ends_with("DateTime") || k.ends_with("Date") => Some(Primitive::DateTime),
         _ => None,
@@ -236,6 +239,15 @@ mod tests {
         assert!(!is_valid(Primitive::Code, "final "));
         assert!(is_valid(Primitive::Id, "a-B.9"));
         assert!(!is_valid(Primitive::Id, "a_b"));
+    }
+
+    #[test]
+    fn a_preferred_language_is_a_codeable_concept_and_a_resource_language_a_code() {
+        let patient = json!({"resourceType": "Patient", "language": "en-US",
+            "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es"}]}, "preferred": true}]});
+        assert!(validate_resource(&patient, "Patient").is_ok());
+        let wrong = json!({"resourceType": "Patient", "language": {"text": "English"}});
+        assert!(validate_resource(&wrong, "Patient").is_err());
     }
 
     fn error_of(resource: Value) -> FhirError {

@@ -17,7 +17,8 @@ use store::{NewJob, StoreError, StoreTx, StoredResource, SubscriptionSpec, Times
 use crate::auth::{Caller, Role};
 use crate::rest::{FhirError, IssueType};
 
-pub use operations::{events_operation, operation};
+pub use operations::events_operation;
+pub(crate) use operations::operation;
 pub use spec::{PayloadContent, SubscriptionConfig, parse_subscription};
 
 /// The job queue of notification delivery: at most one job per subscription, payload `{"subscription": id}`.

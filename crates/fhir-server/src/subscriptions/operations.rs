@@ -18,7 +18,7 @@ use crate::rest::{Acting, FhirError, FhirState, IssueType};
 const MAX_EVENTS: u32 = 1000;
 
 /// `GET|POST /{type}/{id}/{operation}`: the instance operations (`$status`, `$events` on Subscription).
-pub async fn operation(
+pub(crate) async fn operation(
     Acting(state): Acting,
     method: Method,
     path: Result<Path<(String, String, String)>, PathRejection>,

@@ -1,0 +1,537 @@
+//! Equity-measure facts from stored resources: one [`PatientFacts`] per patient, built by scanning the store type
+//! by type, so memory holds the facts (a few dozen bytes per encounter, screening and referral), never the
+//! resources.
+//!
+//! What is read, and why:
+//! - `Patient`: birth date, gender (sex stratum), US Core race and ethnicity (OMB categories; several races are
+//!   "Multiple races"), preferred language (`communication`), county (`address.district` of the home address).
+//!   A Patient `replaced-by` another (an A40 merge) lends its data to the survivor instead of counting twice.
+//! - `Coverage`: the payer type (`Coverage.type`) of the patient's active coverage with the lowest `order`.
+//! - `Encounter`: the day of `period.start` (planned, cancelled and entered-in-error encounters never happened).
+//! - `Observation` with an SDOHCC domain category (the normalizer's screening responses, or an EHR's own): one
+//!   screening per HRSN domain on the day of `effective[x]`, positive when `interpretation` is `POS` (the IG puts
+//!   POS only on answers that signal a need). AHC safety (HITS) items carry `sdoh-category-unspecified` and are
+//!   recognised by their LOINC codes. Only `final`, `amended` and `corrected` results count.
+//! - `ServiceRequest` with an SDOHCC domain category: a referral created on `authoredOn` (else its Task's), unless
+//!   draft or entered in error; completed on the day its referral `Task` (not a sub-Task) reached `completed`
+//!   (`executionPeriod.end`, else `lastModified`).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::NaiveDate;
+use sdoh::measures::{HrsnDomain, PatientFacts, Referral, Screening, parse_iso_date};
+use serde_json::Value;
+use store::{Store, StoreError};
+
+/// The SDOHCC temporary code system: domain categories of screenings, conditions and referrals.
+pub const SDOHCC_CODES: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare/CodeSystem/SDOHCC-CodeSystemTemporaryCodes";
+const US_CORE_RACE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";
+const US_CORE_ETHNICITY: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity";
+/// AHC HRSN safety (HITS) items and their total, which the normalizer files under `sdoh-category-unspecified`.
+const HITS_LOINC: &[&str] = &["95618-5", "95617-7", "95616-9", "95615-1", "95614-4"];
+/// Label of a patient reporting more than one OMB race category.
+pub const MULTIPLE_RACES: &str = "Multiple races";
+
+/// Resources read per store round trip.
+const PAGE_SIZE: u32 = 1000;
+
+/// OMB race and ethnicity categories (CDC Race & Ethnicity code system, as US Core binds them). The label is the
+/// category's display, whatever display the sender wrote, so strata do not split on spelling.
+fn omb_label(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "1002-5" => "American Indian or Alaska Native",
+        "2028-9" => "Asian",
+        "2054-5" => "Black or African American",
+        "2076-8" => "Native Hawaiian or Other Pacific Islander",
+        "2106-3" => "White",
+        "2135-2" => "Hispanic or Latino",
+        "2186-5" => "Not Hispanic or Latino",
+        _ => return None,
+    })
+}
+
+/// The id of a patient referenced as `Patient/{id}` (relative, absolute or versioned).
+pub fn patient_id(reference: &Value) -> Option<&str> {
+    referenced_id(reference, "Patient")
+}
+
+fn referenced_id<'a>(reference: &'a Value, resource_type: &str) -> Option<&'a str> {
+    let text = reference.get("reference")?.as_str()?;
+    let text = text.split_once("/_history/").map_or(text, |(head, _)| head);
+    let mut segments = text.rsplit('/');
+    let id = segments.next()?;
+    (segments.next()? == resource_type && !id.is_empty()).then_some(id)
+}
+
+fn date_of(value: Option<&Value>) -> Option<NaiveDate> {
+    value.and_then(Value::as_str).and_then(|text| parse_iso_date(text).ok())
+}
+
+fn codings(concept: &Value) -> impl Iterator<Item = &Value> {
+    concept.get("coding").and_then(Value::as_array).into_iter().flatten()
+}
+
+fn has_coding(concept: &Value, system: &str, code: &str) -> bool {
+    codings(concept).any(|c| c["system"] == system && c["code"] == code)
+}
+
+/// The HRSN domains an SDOHCC-categorised resource is about (its `category` codes; HITS items by their code).
+pub fn domains_of(resource: &Value) -> Vec<HrsnDomain> {
+    let mut domains = Vec::new();
+    for category in resource.get("category").and_then(Value::as_array).into_iter().flatten() {
+        for coding in codings(category).filter(|c| c["system"] == SDOHCC_CODES) {
+            let Some(code) = coding["code"].as_str() else { continue };
+            let domain = match HrsnDomain::from_sdohcc_category(code) {
+                Some(domain) => Some(domain),
+                None if code == "sdoh-category-unspecified"
+                    && HITS_LOINC.iter().any(|loinc| has_coding(&resource["code"], "http://loinc.org", loinc)) =>
+                {
+                    Some(HrsnDomain::InterpersonalSafety)
+                }
+                None => None,
+            };
+            if let Some(domain) = domain
+                && !domains.contains(&domain)
+            {
+                domains.push(domain);
+            }
+        }
+    }
+    domains
+}
+
+/// The demographic facts of a Patient resource (no encounters, screenings or referrals yet).
+pub fn patient_facts(patient: &Value) -> PatientFacts {
+    let sex = patient["gender"].as_str().filter(|g| !g.is_empty() && *g != "unknown").map(str::to_owned);
+    PatientFacts {
+        birth_date: date_of(patient.get("birthDate")),
+        sex,
+        race: omb_categories(patient, US_CORE_RACE),
+        ethnicity: omb_categories(patient, US_CORE_ETHNICITY),
+        language: preferred_language(patient),
+        county: county(patient),
+        ..PatientFacts::default()
+    }
+}
+
+fn omb_categories(patient: &Value, url: &str) -> Option<String> {
+    let extension = patient.get("extension")?.as_array()?.iter().find(|e| e["url"] == url)?;
+    let mut labels: Vec<&str> = extension
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e["url"] == "ombCategory")
+        .filter_map(|e| e["valueCoding"]["code"].as_str().and_then(omb_label))
+        .collect();
+    labels.dedup();
+    match labels.as_slice() {
+        [] => None,
+        [one] => Some((*one).to_owned()),
+        _ => Some(MULTIPLE_RACES.to_owned()),
+    }
+}
+
+fn preferred_language(patient: &Value) -> Option<String> {
+    let communications = patient.get("communication")?.as_array()?;
+    let chosen =
+        communications.iter().find(|c| c["preferred"] == Value::Bool(true)).or_else(|| communications.first())?;
+    let language = &chosen["language"];
+    codings(language)
+        .find_map(|c| c["code"].as_str())
+        .or_else(|| language["text"].as_str())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+fn county(patient: &Value) -> Option<String> {
+    let addresses = patient.get("address")?.as_array()?;
+    let current: Vec<&Value> = addresses.iter().filter(|a| a["use"] != "old").collect();
+    let chosen = current.iter().find(|a| a["use"] == "home").or_else(|| current.first())?;
+    chosen["district"].as_str().map(str::trim).filter(|d| !d.is_empty()).map(str::to_owned)
+}
+
+/// The survivor a merged Patient was replaced by, if any.
+fn replaced_by(patient: &Value) -> Option<&str> {
+    patient
+        .get("link")?
+        .as_array()?
+        .iter()
+        .find(|l| l["type"] == "replaced-by")
+        .and_then(|l| referenced_id(&l["other"], "Patient"))
+}
+
+/// The (order, payer type) of an active Coverage, and its beneficiary.
+fn coverage_payer(coverage: &Value) -> Option<(&str, u64, String)> {
+    if !matches!(coverage["status"].as_str(), None | Some("active")) {
+        return None;
+    }
+    let beneficiary = patient_id(&coverage["beneficiary"])?;
+    let kind = &coverage["type"];
+    let label = kind["text"]
+        .as_str()
+        .or_else(|| codings(kind).find_map(|c| c["display"].as_str()))
+        .or_else(|| codings(kind).find_map(|c| c["code"].as_str()))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())?;
+    Some((beneficiary, coverage["order"].as_u64().unwrap_or(u64::MAX), label.to_owned()))
+}
+
+/// The patient and day of an Encounter that took place.
+fn encounter_day(encounter: &Value) -> Option<(&str, NaiveDate)> {
+    if matches!(encounter["status"].as_str(), Some("planned" | "cancelled" | "entered-in-error")) {
+        return None;
+    }
+    Some((patient_id(&encounter["subject"])?, date_of(encounter["period"].get("start"))?))
+}
+
+/// The patient and screenings an Observation records.
+pub fn observation_screenings(observation: &Value) -> Option<(&str, Vec<Screening>)> {
+    if !matches!(observation["status"].as_str(), Some("final" | "amended" | "corrected")) {
+        return None;
+    }
+    let patient = patient_id(&observation["subject"])?;
+    let date = date_of(observation.get("effectiveDateTime"))
+        .or_else(|| date_of(observation.get("effectiveInstant")))
+        .or_else(|| date_of(observation["effectivePeriod"].get("start")))?;
+    let positive = observation
+        .get("interpretation")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|i| codings(i).any(|c| c["code"] == "POS"));
+    let screenings: Vec<Screening> =
+        domains_of(observation).into_iter().map(|domain| Screening { domain, date, positive }).collect();
+    (!screenings.is_empty()).then_some((patient, screenings))
+}
+
+/// A referral ServiceRequest: its id, patient, domain and creation day (if it says).
+fn service_request_referral(request: &Value) -> Option<(&str, &str, HrsnDomain, Option<NaiveDate>)> {
+    if matches!(request["status"].as_str(), Some("draft" | "entered-in-error")) {
+        return None;
+    }
+    let id = request["id"].as_str()?;
+    let patient = patient_id(&request["subject"])?;
+    let domain = *domains_of(request).first()?;
+    Some((id, patient, domain, date_of(request.get("authoredOn"))))
+}
+
+/// What a referral Task says about its ServiceRequest: (ServiceRequest id, authored day, completion day).
+fn task_progress(task: &Value) -> Option<(&str, Option<NaiveDate>, Option<NaiveDate>)> {
+    if task.get("partOf").is_some() || task["status"] == "entered-in-error" {
+        return None;
+    }
+    let request = referenced_id(&task["focus"], "ServiceRequest")?;
+    let completed = (task["status"] == "completed")
+        .then(|| {
+            date_of(task["executionPeriod"].get("end"))
+                .or_else(|| date_of(task.get("lastModified")))
+                .or_else(|| date_of(task["meta"].get("lastUpdated")))
+        })
+        .flatten();
+    Some((request, date_of(task.get("authoredOn")), completed))
+}
+
+/// Builds the facts of every patient (or of the `cohort`'s patients) from the store.
+pub async fn load_facts(store: &Store, cohort: Option<&HashSet<String>>) -> Result<Vec<PatientFacts>, StoreError> {
+    let mut builder = FactsBuilder::new(cohort);
+    for_each(store, "Patient", None, |r| builder.add_patient(r)).await?;
+    for_each(store, "Coverage", None, |r| builder.add_coverage(r)).await?;
+    for_each(store, "Encounter", None, |r| builder.add_encounter(r)).await?;
+    // Only SDOHCC-categorised Observations and ServiceRequests matter: the rest are passed over unparsed.
+    for_each(store, "Observation", Some(SDOHCC_CODES), |r| builder.add_observation(r)).await?;
+    for_each(store, "ServiceRequest", Some(SDOHCC_CODES), |r| builder.add_service_request(r)).await?;
+    for_each(store, "Task", Some("ServiceRequest/"), |r| builder.add_task(r)).await?;
+    Ok(builder.finish())
+}
+
+/// Calls `visit` on every live resource of the type (whose JSON contains `containing`, when given), a page at a
+/// time in id order, continuing after the last id (so the whole read is linear in the table's size). Aggregates
+/// are computed over everything: the caller's access was checked before, and every output is suppressed, so no
+/// scope narrows the reads.
+pub async fn for_each(
+    store: &Store,
+    resource_type: &str,
+    containing: Option<&str>,
+    mut visit: impl FnMut(&Value),
+) -> Result<(), StoreError> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_current(resource_type, after.as_deref(), PAGE_SIZE).await?;
+        for stored in &page {
+            let Some(content) = stored.content.as_deref() else { continue };
+            if containing.is_some_and(|needle| !content.contains(needle)) {
+                continue;
+            }
+            match serde_json::from_str::<Value>(content) {
+                Ok(resource) => visit(&resource),
+                Err(_) => tracing::warn!(resource_type, id = %stored.id, "stored resource is not JSON; skipped"),
+            }
+        }
+        if page.len() < PAGE_SIZE as usize {
+            return Ok(());
+        }
+        after = page.last().map(|r| r.id.clone());
+    }
+}
+
+/// Collects the facts as resources stream past, in any order of types except that Patients come first.
+pub struct FactsBuilder<'c> {
+    cohort: Option<&'c HashSet<String>>,
+    patients: HashMap<String, PatientFacts>,
+    /// Merged-away patient -> survivor.
+    aliases: HashMap<String, String>,
+    coverage: HashMap<String, (u64, String)>,
+    /// ServiceRequest id -> (patient, domain, authored day).
+    requests: HashMap<String, (String, HrsnDomain, Option<NaiveDate>)>,
+    /// ServiceRequest id -> (earliest Task authored day, earliest Task completion).
+    tasks: HashMap<String, (Option<NaiveDate>, Option<NaiveDate>)>,
+}
+
+impl<'c> FactsBuilder<'c> {
+    pub fn new(cohort: Option<&'c HashSet<String>>) -> Self {
+        FactsBuilder {
+            cohort,
+            patients: HashMap::new(),
+            aliases: HashMap::new(),
+            coverage: HashMap::new(),
+            requests: HashMap::new(),
+            tasks: HashMap::new(),
+        }
+    }
+
+    fn in_cohort(&self, id: &str) -> bool {
+        self.cohort.is_none_or(|ids| ids.contains(id))
+    }
+
+    pub fn add_patient(&mut self, patient: &Value) {
+        let Some(id) = patient["id"].as_str() else { return };
+        if let Some(survivor) = replaced_by(patient) {
+            self.aliases.insert(id.to_owned(), survivor.to_owned());
+            return;
+        }
+        if self.in_cohort(id) {
+            self.patients.insert(id.to_owned(), patient_facts(patient));
+        }
+    }
+
+    /// The patient's facts, following a merge to the survivor; `None` outside the population.
+    fn patient(&mut self, id: &str) -> Option<&mut PatientFacts> {
+        let id = self.aliases.get(id).map_or(id, String::as_str);
+        self.patients.get_mut(id)
+    }
+
+    fn resolve(&self, id: &str) -> String {
+        self.aliases.get(id).cloned().unwrap_or_else(|| id.to_owned())
+    }
+
+    pub fn add_coverage(&mut self, coverage: &Value) {
+        let Some((beneficiary, order, label)) = coverage_payer(coverage) else { return };
+        let beneficiary = self.resolve(beneficiary);
+        if !self.patients.contains_key(&beneficiary) {
+            return;
+        }
+        // Pages come in id order, so among equal orders the first id wins: the same answer every time.
+        let better = self.coverage.get(&beneficiary).is_none_or(|(best, _)| order < *best);
+        if better {
+            self.coverage.insert(beneficiary, (order, label));
+        }
+    }
+
+    pub fn add_encounter(&mut self, encounter: &Value) {
+        let Some((patient, day)) = encounter_day(encounter) else { return };
+        if let Some(facts) = self.patient(patient) {
+            facts.encounters.push(day);
+        }
+    }
+
+    pub fn add_observation(&mut self, observation: &Value) {
+        let Some((patient, screenings)) = observation_screenings(observation) else { return };
+        if let Some(facts) = self.patient(patient) {
+            for screening in screenings {
+                // One entry per domain and day, positive if any answer that day was.
+                match facts.screenings.iter_mut().find(|s| s.domain == screening.domain && s.date == screening.date) {
+                    Some(existing) => existing.positive |= screening.positive,
+                    None => facts.screenings.push(screening),
+                }
+            }
+        }
+    }
+
+    pub fn add_service_request(&mut self, request: &Value) {
+        let Some((id, patient, domain, authored)) = service_request_referral(request) else { return };
+        let patient = self.resolve(patient);
+        if self.patients.contains_key(&patient) {
+            self.requests.insert(id.to_owned(), (patient, domain, authored));
+        }
+    }
+
+    pub fn add_task(&mut self, task: &Value) {
+        let Some((request, authored, completed)) = task_progress(task) else { return };
+        if !self.requests.contains_key(request) {
+            return;
+        }
+        let entry = self.tasks.entry(request.to_owned()).or_default();
+        entry.0 = earliest(entry.0, authored);
+        entry.1 = earliest(entry.1, completed);
+    }
+
+    /// The facts, in patient id order.
+    pub fn finish(mut self) -> Vec<PatientFacts> {
+        for (patient, (_, payer)) in self.coverage.drain() {
+            if let Some(facts) = self.patients.get_mut(&patient) {
+                facts.payer = Some(payer);
+            }
+        }
+        for (request, (patient, domain, authored)) in self.requests.drain() {
+            let (task_authored, completed) = self.tasks.get(&request).copied().unwrap_or_default();
+            let Some(created) = authored.or(task_authored) else { continue };
+            if let Some(facts) = self.patients.get_mut(&patient) {
+                facts.referrals.push(Referral { domain, created, completed });
+            }
+        }
+        let mut patients: Vec<(String, PatientFacts)> = self.patients.into_iter().collect();
+        patients.sort_by(|a, b| a.0.cmp(&b.0));
+        patients
+            .into_iter()
+            .map(|(_, mut facts)| {
+                facts.encounters.sort();
+                facts.screenings.sort_by_key(|s| (s.date, s.domain));
+                facts.referrals.sort_by_key(|r| (r.created, r.domain, r.completed));
+                facts
+            })
+            .collect()
+    }
+}
+
+fn earliest(a: Option<NaiveDate>, b: Option<NaiveDate>) -> Option<NaiveDate> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn day(text: &str) -> NaiveDate {
+        parse_iso_date(text).unwrap()
+    }
+
+    #[test]
+    fn patients_give_their_demographics_as_stratum_labels() {
+        let patient = json!({
+            "resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1980-06-01",
+            "extension": [
+                {"url": US_CORE_RACE, "extension": [
+                    {"url": "ombCategory", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238", "code": "2106-3", "display": "white"}},
+                    {"url": "text", "valueString": "White"}]},
+                {"url": US_CORE_ETHNICITY, "extension": [
+                    {"url": "ombCategory", "valueCoding": {"code": "2186-5"}}]}
+            ],
+            "communication": [
+                {"language": {"coding": [{"code": "en"}]}},
+                {"language": {"coding": [{"code": "es"}]}, "preferred": true}
+            ],
+            "address": [{"use": "old", "district": "Gone"}, {"use": "home", "district": " Adams "}]
+        });
+        let facts = patient_facts(&patient);
+        assert_eq!(facts.birth_date, Some(day("1980-06-01")));
+        assert_eq!(facts.sex.as_deref(), Some("female"));
+        assert_eq!(facts.race.as_deref(), Some("White"));
+        assert_eq!(facts.ethnicity.as_deref(), Some("Not Hispanic or Latino"));
+        assert_eq!(facts.language.as_deref(), Some("es"));
+        assert_eq!(facts.county.as_deref(), Some("Adams"));
+
+        let several = json!({"resourceType": "Patient", "id": "p2", "gender": "unknown", "birthDate": "1980",
+            "extension": [{"url": US_CORE_RACE, "extension": [
+                {"url": "ombCategory", "valueCoding": {"code": "2106-3"}},
+                {"url": "ombCategory", "valueCoding": {"code": "2028-9"}}]}]});
+        let facts = patient_facts(&several);
+        assert_eq!(facts.race.as_deref(), Some(MULTIPLE_RACES));
+        assert_eq!((facts.sex, facts.birth_date, facts.language, facts.county), (None, None, None, None));
+    }
+
+    #[test]
+    fn normalizer_output_becomes_screenings_with_positives() {
+        // An AHC HRSN screening as the gateway normalizes it: the Observations are the normalizer's own output.
+        let qr = json!({
+            "resourceType": "QuestionnaireResponse", "id": "qr-1", "status": "completed",
+            "questionnaire": "http://hl7.org/fhir/us/sdoh-clinicalcare/Questionnaire/SDOHCC-QuestionnaireHungerVitalSign",
+            "subject": {"reference": "Patient/p1"}, "authored": "2026-01-15T10:00:00Z",
+            "item": [
+                {"linkId": "88122-7", "answer": [{"valueCoding": {"system": "http://loinc.org", "code": "LA28397-0", "display": "Often true"}}]},
+                {"linkId": "88123-5", "answer": [{"valueCoding": {"system": "http://loinc.org", "code": "LA6729-3", "display": "Sometimes true"}}]}
+            ]
+        });
+        let derived = sdoh::normalize(&qr, &sdoh::Context { recorded: "2026-01-15T10:00:00Z", agent: "Device/gw" })
+            .expect("normalizes")
+            .expect("a known instrument");
+        let mut builder = FactsBuilder::new(None);
+        builder.add_patient(&json!({"resourceType": "Patient", "id": "p1"}));
+        for resource in derived.resources.iter().filter(|r| r["resourceType"] == "Observation") {
+            builder.add_observation(resource);
+        }
+        let facts = builder.finish();
+        assert_eq!(
+            facts[0].screenings,
+            vec![Screening { domain: HrsnDomain::Food, date: day("2026-01-15"), positive: true }]
+        );
+    }
+
+    #[test]
+    fn referrals_join_their_tasks_and_merged_patients_join_their_survivor() {
+        let mut builder = FactsBuilder::new(None);
+        builder.add_patient(&json!({"resourceType": "Patient", "id": "keep"}));
+        builder.add_patient(&json!({"resourceType": "Patient", "id": "old",
+            "link": [{"other": {"reference": "Patient/keep"}, "type": "replaced-by"}]}));
+        let food = json!([{"coding": [{"system": SDOHCC_CODES, "code": "food-insecurity"}]}]);
+        builder.add_encounter(&json!({"resourceType": "Encounter", "status": "finished",
+            "subject": {"reference": "Patient/old"}, "period": {"start": "2026-01-10T09:00:00-05:00"}}));
+        builder.add_encounter(&json!({"resourceType": "Encounter", "status": "cancelled",
+            "subject": {"reference": "Patient/keep"}, "period": {"start": "2026-01-11"}}));
+        builder.add_service_request(&json!({"resourceType": "ServiceRequest", "id": "sr1", "status": "active",
+            "category": food, "subject": {"reference": "Patient/old"}, "authoredOn": "2026-01-12"}));
+        builder.add_service_request(&json!({"resourceType": "ServiceRequest", "id": "sr2", "status": "active",
+            "category": food, "subject": {"reference": "Patient/keep"}}));
+        builder.add_service_request(&json!({"resourceType": "ServiceRequest", "id": "sr3",
+            "status": "entered-in-error", "category": food, "subject": {"reference": "Patient/keep"},
+            "authoredOn": "2026-01-12"}));
+        builder.add_task(&json!({"resourceType": "Task", "status": "completed",
+            "focus": {"reference": "ServiceRequest/sr1"}, "executionPeriod": {"end": "2026-01-20T12:00:00Z"}}));
+        builder.add_task(&json!({"resourceType": "Task", "status": "completed", "partOf": [{"reference": "Task/t"}],
+            "focus": {"reference": "ServiceRequest/sr2"}, "executionPeriod": {"end": "2026-01-13"}}));
+        builder.add_task(&json!({"resourceType": "Task", "status": "in-progress",
+            "focus": {"reference": "ServiceRequest/sr2"}, "authoredOn": "2026-01-14"}));
+        let facts = builder.finish();
+        assert_eq!(facts.len(), 1, "the merged-away patient is not counted on its own");
+        assert_eq!(facts[0].encounters, vec![day("2026-01-10")]);
+        assert_eq!(
+            facts[0].referrals,
+            vec![
+                Referral { domain: HrsnDomain::Food, created: day("2026-01-12"), completed: Some(day("2026-01-20")) },
+                Referral { domain: HrsnDomain::Food, created: day("2026-01-14"), completed: None },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cohort_limits_the_population_and_coverage_order_picks_the_payer() {
+        let cohort: HashSet<String> = ["a".to_owned()].into();
+        let mut builder = FactsBuilder::new(Some(&cohort));
+        builder.add_patient(&json!({"resourceType": "Patient", "id": "a"}));
+        builder.add_patient(&json!({"resourceType": "Patient", "id": "b"}));
+        builder.add_coverage(&json!({"resourceType": "Coverage", "status": "active", "order": 2,
+            "beneficiary": {"reference": "Patient/a"}, "type": {"coding": [{"code": "MCPOL", "display": "Medicare"}]}}));
+        builder.add_coverage(&json!({"resourceType": "Coverage", "status": "active", "order": 1,
+            "beneficiary": {"reference": "Patient/a"}, "type": {"text": "Medicaid"}}));
+        builder.add_coverage(&json!({"resourceType": "Coverage", "status": "cancelled", "order": 0,
+            "beneficiary": {"reference": "Patient/a"}, "type": {"text": "Private"}}));
+        let facts = builder.finish();
+        assert_eq!(facts.len(), 1);
+        assert_eq!(facts[0].payer.as_deref(), Some("Medicaid"));
+    }
+}
