@@ -4,8 +4,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::*;
@@ -70,6 +72,126 @@ impl Api {
         assert_eq!(status, 200, "{path}: {bundle}");
         ids_in(&bundle)
     }
+}
+
+/// A CBO platform's rest-hook endpoint: records every notification Bundle and answers 200.
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let sink = sink.clone();
+                std::thread::spawn(move || serve_notifications(stream, &sink));
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// (event number, Task status) of the Tasks its event notifications carried, in event-number order.
+    fn task_statuses(&self) -> Vec<(i64, String)> {
+        let got = self.got.lock().unwrap();
+        let mut events: Vec<(i64, String)> = got
+            .iter()
+            .filter(|b| notification_type(b) == "event-notification")
+            .flat_map(|b| {
+                let params = b["entry"][0]["resource"]["parameter"].as_array().cloned().unwrap_or_default();
+                let number = params
+                    .iter()
+                    .find(|p| p["name"] == "notification-event")
+                    .and_then(|e| e["part"][0]["valueString"].as_str()?.parse::<i64>().ok())
+                    .unwrap_or(0);
+                b["entry"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .skip(1)
+                    .filter(|e| e["resource"]["resourceType"] == "Task")
+                    .map(|e| (number, e["resource"]["status"].as_str().unwrap_or("").to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        events.sort();
+        events
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.got.lock().unwrap().iter().filter(|b| notification_type(b) == kind).count()
+    }
+}
+
+fn notification_type(bundle: &Value) -> String {
+    let params = bundle["entry"][0]["resource"]["parameter"].as_array().cloned().unwrap_or_default();
+    params.iter().find(|p| p["name"] == "type").and_then(|p| p["valueCode"].as_str()).unwrap_or("").to_owned()
+}
+
+fn serve_notifications(stream: std::net::TcpStream, sink: &Mutex<Vec<Value>>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if let Ok(bundle) = serde_json::from_slice(&body) {
+            sink.lock().unwrap().push(bundle);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        if reader.get_mut().write_all(answer).is_err() {
+            return;
+        }
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+
+/// A CBO's subscription to its own referral Tasks (the IG's Task topic), full-resource payloads.
+fn own_tasks_subscription(owner: &str, endpoint: &str) -> Value {
+    json!({
+        "resourceType": "Subscription", "status": "requested", "reason": "my referrals",
+        "criteria": "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task",
+        "_criteria": {"extension": [{"url": format!("{BACKPORT}backport-filter-criteria"), "valueString": format!("Task?owner={owner}")}]},
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": format!("{BACKPORT}backport-payload-content"), "valueCode": "full-resource"}]}}
+    })
 }
 
 fn ids_in(bundle: &Value) -> Vec<String> {
@@ -164,6 +286,23 @@ fn referral_lifecycle(db_url: &str) {
     assert_eq!(http_with(api.addr, "GET", "/fhir/Patient", &[("Authorization", "Basic eDp5")], None).0, 401);
     assert_eq!(http(api.addr, "GET", "/health/live", None).0, 200, "probes stay open");
 
+    // Both CBO platforms subscribe to their own referral Tasks before the clinic refers.
+    let (receiver_a, receiver_b) = (Receiver::start(), Receiver::start());
+    let mut subscriptions = Vec::new();
+    for (who, owner, receiver) in
+        [(&cbo_a, "Organization/cbo-a", &receiver_a), (&cbo_b, "Organization/cbo-b", &receiver_b)]
+    {
+        let request = own_tasks_subscription(owner, &receiver.endpoint());
+        let (status, created) = api.call(who, "POST", "/fhir/Subscription", Some(&request));
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        wait_until("the handshake", || api.get(who, &format!("/fhir/Subscription/{id}")).1["status"] == "active");
+        subscriptions.push(id);
+    }
+    let foreign = own_tasks_subscription("Organization/cbo-a", &receiver_b.endpoint());
+    let (status, body) = api.call(&cbo_b, "POST", "/fhir/Subscription", Some(&foreign));
+    assert_eq!(status, 403, "a CBO cannot listen to another's referrals: {body}");
+
     seed(&api, &ehr);
 
     // The matrix of reads: who sees which resource through which interaction.
@@ -213,8 +352,8 @@ fn referral_lifecycle(db_url: &str) {
         .filter_map(|e| e["resource"]["resourceType"].as_str())
         .collect();
     assert!(
-        types.iter().all(|t| store::DIRECTORY_TYPES.contains(t)),
-        "CBO B's history shows only the directory: {types:?}"
+        types.iter().all(|t| store::DIRECTORY_TYPES.contains(t) || *t == "Subscription"),
+        "CBO B's history shows only the directory and its own Subscription: {types:?}"
     );
     let (_, history) = api.get(&cbo_a, "/fhir/_history?_count=100");
     let mut seen: Vec<String> = history["entry"]
@@ -302,27 +441,29 @@ fn referral_lifecycle(db_url: &str) {
     assert!(api.search_ids(&cbo_b, "/fhir/ServiceRequest").is_empty());
     assert!(api.search_ids(&cbo_b, "/fhir/Procedure").is_empty());
 
-    // A CBO's Subscription, its $status and $events are its own; another CBO cannot name someone else's owner.
-    let backport = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
-    let subscription = |owner: &str| {
-        json!({
-            "resourceType": "Subscription", "status": "requested", "reason": "new referrals",
-            "criteria": "https://sdoh-gateway.org/fhir/SubscriptionTopic/new-referral",
-            "_criteria": {"extension": [{"url": format!("{backport}backport-filter-criteria"), "valueString": format!("Task?owner={owner}")}]},
-            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json",
-                "_payload": {"extension": [{"url": format!("{backport}backport-payload-content"), "valueCode": "id-only"}]}}
-        })
-    };
-    let (status, created) = api.call(&cbo_a, "POST", "/fhir/Subscription", Some(&subscription("Organization/cbo-a")));
-    assert_eq!(status, 201, "{created}");
-    let sub_id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(api.get(&cbo_a, &format!("/fhir/Subscription/{sub_id}/$status")).0, 200);
-    assert_eq!(api.get(&cbo_a, &format!("/fhir/Subscription/{sub_id}/$events")).0, 200);
-    assert_eq!(api.get(&cbo_b, &format!("/fhir/Subscription/{sub_id}/$status")).0, 404);
-    assert_eq!(api.get(&cbo_b, &format!("/fhir/Subscription/{sub_id}/$events")).0, 404);
-    assert_eq!(api.get(&cbo_b, &format!("/fhir/Subscription/{sub_id}")).0, 404);
-    let (status, body) = api.call(&cbo_b, "POST", "/fhir/Subscription", Some(&subscription("Organization/cbo-a")));
-    assert_eq!(status, 403, "{body}");
+    // Closed loop for CBO A's platform: one notification per change of its Task, numbered and in order; CBO B's
+    // platform heard nothing but its handshake. Each Subscription's $status and $events are its owner's alone.
+    let expected: Vec<(i64, String)> = ["requested", "accepted", "in-progress", "completed"]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as i64 + 1, (*s).to_owned()))
+        .collect();
+    wait_until("CBO A's notifications", || receiver_a.task_statuses().len() >= expected.len());
+    assert_eq!(receiver_a.task_statuses(), expected);
+    assert_eq!(receiver_b.count("event-notification"), 0, "CBO B never hears of CBO A's referral");
+    assert_eq!(receiver_b.count("handshake"), 1);
+    let (sub_a, sub_b) = (&subscriptions[0], &subscriptions[1]);
+    assert_eq!(api.get(&cbo_a, &format!("/fhir/Subscription/{sub_a}/$status")).0, 200);
+    let (_, events) = api.get(&cbo_a, &format!("/fhir/Subscription/{sub_a}/$events"));
+    assert_eq!(events["type"], "history", "{events}");
+    for path in [
+        format!("/fhir/Subscription/{sub_a}/$status"),
+        format!("/fhir/Subscription/{sub_a}/$events"),
+        format!("/fhir/Subscription/{sub_a}"),
+    ] {
+        assert_eq!(api.get(&cbo_b, &path).0, 404, "{path}");
+    }
+    assert_eq!(api.get(&cbo_b, &format!("/fhir/Subscription/{sub_b}/$status")).0, 200);
 
     // Revocation: the token stops working (cache disabled here).
     let (status, _, err) = run(dir.path(), &["--database-url", db_url, "clients", "revoke", &cbo_b.client_id], &[]);
