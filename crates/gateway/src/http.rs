@@ -23,6 +23,7 @@ pub struct AppState {
 pub fn router(
     state: AppState,
     fhir: fhir_server::FhirState,
+    registries: crate::registries::http::RegistryApi,
     auth: crate::auth::AuthLayer,
     max_body_bytes: usize,
     request_timeout: Duration,
@@ -37,7 +38,7 @@ pub fn router(
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes))
         .with_state(state);
     operator_routes
-        .nest("/fhir", fhir_server::router(fhir))
+        .nest("/fhir", fhir_server::router(fhir).merge(crate::registries::http::routes(registries)))
         .layer(middleware::from_fn_with_state(auth, crate::auth::authenticate))
         .layer(middleware::from_fn(record_request))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))

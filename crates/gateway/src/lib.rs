@@ -9,6 +9,7 @@ pub mod http;
 pub mod ingest;
 pub mod messages_cli;
 pub mod outbound;
+pub mod registries;
 pub mod serve;
 pub mod synth;
 pub mod telemetry;

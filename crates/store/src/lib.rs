@@ -8,6 +8,7 @@ mod access;
 mod error;
 mod jobs;
 mod journal;
+mod registries;
 mod resources;
 mod search;
 mod time;
@@ -25,6 +26,7 @@ pub use access::{ApiClient, CLIENT_ROLES, Grant, NewClientCredentials, Scope, is
 pub use error::{Result, StoreError};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
+pub use registries::{Export, ExportStatus, MemberQuery, NewExport, RegistryMember};
 pub use resources::{HistoryEntry, HistoryQuery, Precondition, StoredResource, Written, is_valid_id};
 pub use search::*;
 pub use time::{Timestamp, format_instant};

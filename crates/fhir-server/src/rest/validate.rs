@@ -183,6 +183,8 @@ fn primitive_of(key: &str, parent_key: &str) -> Option<Primitive> {
         "value" if quantity_parent => Some(Primitive::Decimal),
         "authoredOn" | "authored" | "date" | "dateTime" | "lastModified" => Some(Primitive::DateTime),
         "start" | "end" if parent_key == "period" || parent_key.ends_with("Period") => Some(Primitive::DateTime),
+        // Patient.communication.language is a CodeableConcept; `language` elsewhere is a code.
+        "language" if parent_key == "communication" => None,
         "gender" | "status" | "intent" | "priority" | "language" => Some(Primitive::Code),
         // `*Date` elements are date or dateTime depending on the resource; dateTime's grammar accepts both.
         k if k.ends_with("DateTime") || k.ends_with("Date") => Some(Primitive::DateTime),
@@ -236,6 +238,15 @@ mod tests {
         assert!(!is_valid(Primitive::Code, "final "));
         assert!(is_valid(Primitive::Id, "a-B.9"));
         assert!(!is_valid(Primitive::Id, "a_b"));
+    }
+
+    #[test]
+    fn a_patient_communication_language_is_a_codeable_concept() {
+        let patient = json!({"resourceType": "Patient", "language": "en",
+            "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es"}]}, "preferred": true}]});
+        validate_resource(&patient, "Patient").unwrap();
+        let bad = json!({"resourceType": "Patient", "language": {"coding": [{"code": "en"}]}});
+        assert!(validate_resource(&bad, "Patient").is_err());
     }
 
     fn error_of(resource: Value) -> FhirError {

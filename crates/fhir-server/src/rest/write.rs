@@ -170,5 +170,5 @@ async fn after_change(tx: &mut StoreTx, version: &StoredResource, content: Optio
         });
         tx.enqueue(&NewJob::new(NORMALIZE_QUEUE, payload.to_string())).await?;
     }
-    Ok(())
+    super::membership::after_change(tx, version).await
 }

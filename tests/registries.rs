@@ -1,0 +1,3 @@
+//! Registries end to end over the real binary.
+
+mod support;
