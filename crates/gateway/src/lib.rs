@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod clients_cli;
 pub mod config;
+pub mod export_cli;
 pub mod http;
 pub mod ingest;
 pub mod messages_cli;

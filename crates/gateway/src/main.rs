@@ -1,6 +1,6 @@
-//! The `sdoh-gateway` command: serve, migrate, check-config, messages, clients.
+//! The `sdoh-gateway` command: serve, migrate, check-config, messages, clients, export.
 
-use gateway::{clients_cli, config, messages_cli, serve, telemetry};
+use gateway::{clients_cli, config, export_cli, messages_cli, serve, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,8 @@ enum Command {
     /// API clients (bearer credentials bound to an Organization and a role): add, list, revoke.
     #[command(subcommand)]
     Clients(clients_cli::ClientsCommand),
+    /// Export a registry's records as Bulk Data NDJSON files into a folder, straight from the database.
+    Export(export_cli::ExportArgs),
 }
 
 /// Exit status for configuration errors, as for command-line usage errors.
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
             }
             Command::Messages(command) => messages_cli::run(&config, command).await,
             Command::Clients(command) => clients_cli::run(&config, command).await,
+            Command::Export(args) => export_cli::run(&config, args).await,
             Command::CheckConfig => unreachable!("handled before the runtime starts"),
         }
     });
