@@ -509,3 +509,38 @@ fn an_enabled_registry_without_its_key_is_refused_at_start_up() {
     assert_eq!(status.code(), Some(2));
     assert!(stderr.contains("at least 32 bytes"), "{stderr}");
 }
+
+#[test]
+fn a_registry_enabled_later_evaluates_the_data_already_stored() {
+    let dir = temp_dir();
+    let db_url = format!("sqlite:{}", dir.path().join("later.db").display());
+    let args = ["--database-url", db_url.as_str(), "--http-listen", "127.0.0.1:0"];
+    let mut gw = Gateway::start(dir.path(), &args, &[]);
+    let addr = gw.wait_ready();
+    for resource in [
+        patient("pat-rivera", "Rivera", "MRN-4471", "1961-07-15"),
+        diabetes_condition("cond-dm", "pat-rivera", "confirmed"),
+    ] {
+        let path = format!("/fhir/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+        let (status, _, body) = http(addr, "PUT", &path, Some(&resource.to_string()));
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, _, _) = http(addr, "GET", "/fhir/Group/registry-diabetes", None);
+    assert_eq!(status, 404, "no registries enabled: no Group");
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+
+    let env =
+        [("SDOH_GATEWAY_REGISTRIES__ENABLED", "[diabetes]"), ("SDOH_GATEWAY_REGISTRIES__KEYS__DIABETES", DIABETES_KEY)];
+    let mut gw = Gateway::start(dir.path(), &args, &env);
+    let addr = gw.wait_ready();
+    poll("the stored patient joining the Group", Duration::from_secs(30), || {
+        let (status, _, body) = http(addr, "GET", "/fhir/Group/registry-diabetes", None);
+        (status == 200 && body.contains("Patient/pat-rivera")).then_some(())
+    });
+    let (status, _, feed) = http(addr, "GET", "/fhir/Group/registry-diabetes/$registry-records", None);
+    assert_eq!(status, 200);
+    assert_no_secrets(&feed);
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}

@@ -70,6 +70,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     );
     // Writes queue membership work only while registries are kept.
     fhir_server::rest::membership::track_registries(!registries.is_empty());
+    crate::registries::membership::schedule_backfills(&store, &registries)
+        .await
+        .context("cannot record the registries' state")?;
     let registry_workers = crate::registries::RegistryWorkers {
         store: store.clone(),
         registries: registries.clone(),

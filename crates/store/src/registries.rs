@@ -113,6 +113,30 @@ impl StoreTx {
         })
     }
 
+    /// Records the fingerprint of the key a registry's rows are computed with; `true` when it differs from the one
+    /// recorded (or none was), i.e. when every patient must be evaluated again. Serialized per registry.
+    pub async fn set_registry_fingerprint(&mut self, registry_id: &str, fingerprint: &str) -> Result<bool> {
+        self.serialize_on(&format!("registry-state:{registry_id}")).await?;
+        const READ: &str = "SELECT key_fingerprint FROM registry_state WHERE registry_id = $1";
+        const UPSERT: &str = "INSERT INTO registry_state (registry_id, key_fingerprint, changed_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (registry_id) DO UPDATE SET key_fingerprint = excluded.key_fingerprint, \
+             changed_us = excluded.changed_us";
+        with_tx_conn!(self, conn => {
+            let current: Option<String> =
+                sqlx::query_scalar(READ).bind(registry_id).fetch_optional(&mut *conn).await?;
+            if current.as_deref() == Some(fingerprint) {
+                return Ok(false);
+            }
+            sqlx::query(UPSERT)
+                .bind(registry_id)
+                .bind(fingerprint)
+                .bind(Timestamp::now().micros())
+                .execute(&mut *conn)
+                .await?;
+            Ok(true)
+        })
+    }
+
     /// Whether a job with exactly this queue and payload is waiting (not yet claimed): queuing another would only
     /// repeat it.
     pub async fn has_waiting_job(&mut self, queue: &str, payload: &str) -> Result<bool> {

@@ -20,6 +20,11 @@ use super::{RegistrySet, dead_letter, retry_later};
 
 /// Queue of Group rebuilds, payload `{"registry": id}`.
 pub const GROUP_QUEUE: &str = "registry-group";
+/// Queue of whole-population evaluations, payload `{"registry": id}`: queued at start-up for a registry newly
+/// enabled or given a new key, so data stored before is evaluated too.
+pub const BACKFILL_QUEUE: &str = "registry-backfill";
+/// Patients read per page by a backfill.
+const BACKFILL_PAGE: u32 = 500;
 
 /// Members per page when a Group is rebuilt.
 const GROUP_PAGE: u32 = 1000;
@@ -219,6 +224,49 @@ pub async fn refresh_patient(
     tx.commit().await?;
     metrics::counter!("registry_records_changed_total").increment(changed);
     Ok(())
+}
+
+/// Queues a backfill for every enabled registry whose key fingerprint is new to the store (enabled for the first
+/// time, or re-keyed). Replicas starting together queue one between them.
+pub async fn schedule_backfills(store: &Store, registries: &RegistrySet) -> Result<(), StoreError> {
+    for registry in registries.iter() {
+        let fingerprint = sdoh::registry::pseudonym(&registry.key, registry.id(), "key fingerprint");
+        let mut tx = store.begin().await?;
+        if tx.set_registry_fingerprint(registry.id(), &fingerprint).await? {
+            tx.enqueue(&NewJob::new(BACKFILL_QUEUE, json!({"registry": registry.id()}).to_string())).await?;
+            tracing::info!(registry = registry.id(), "registry evaluation of every patient queued");
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Evaluates every stored patient, a page at a time, renewing the job's lease as it goes.
+pub(super) async fn run_backfill_job(store: &Store, registries: &RegistrySet, job: Job, lease: std::time::Duration) {
+    let mut job = job;
+    let outcome = async {
+        let mut after = String::new();
+        let mut evaluated = 0u64;
+        loop {
+            let page = store.resources_page("Patient", None, &after, BACKFILL_PAGE).await?;
+            for patient in &page {
+                refresh_patient(store, registries, &patient.id, None).await?;
+            }
+            evaluated += page.len() as u64;
+            store.extend_lease(&mut job, lease).await?;
+            match page.last() {
+                Some(last) if page.len() as u32 == BACKFILL_PAGE => after = last.id.clone(),
+                _ => break,
+            }
+        }
+        store.complete(&job).await?;
+        Ok::<u64, StoreError>(evaluated)
+    }
+    .await;
+    match outcome {
+        Ok(patients) => tracing::info!(patients, "registry evaluation of every patient done"),
+        Err(e) => retry_later(store, &job, &e).await,
+    }
 }
 
 #[derive(serde::Deserialize)]

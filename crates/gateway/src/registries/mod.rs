@@ -113,6 +113,11 @@ pub fn spawn(workers: RegistryWorkers, shutdown: CancellationToken) -> JoinSet<(
                 }
             }));
             let w = workers.clone();
+            tasks.spawn(run_queue(membership::BACKFILL_QUEUE, n, w.clone(), shutdown.clone(), move |job| {
+                let w = w.clone();
+                async move { membership::run_backfill_job(&w.store, &w.registries, job, w.settings.lease).await }
+            }));
+            let w = workers.clone();
             tasks.spawn(run_queue(membership::GROUP_QUEUE, n, w.clone(), shutdown.clone(), move |job| {
                 let w = w.clone();
                 async move { membership::run_group_job(&w.store, &w.registries, job).await }
