@@ -353,9 +353,22 @@ fn registries_end_to_end(db_url: &str) {
     let mut kinds: Vec<&str> = only.iter().map(|(t, _)| t.as_str()).collect();
     kinds.sort();
     assert_eq!(kinds, ["Condition", "Patient"]);
-    // The admin's system export holds stored resources as they are.
+    let (_, changed) = bulk_export(
+        &api,
+        &registry,
+        &format!("/fhir/Group/registry-diabetes/$export?_type=Patient&_since={}", between.replace(':', "%3A")),
+    );
+    assert_eq!(changed[0].1.len(), 1, "only Okafor's record changed since {between}");
+    // The admin's system and Patient exports hold stored resources as they are.
     let (_, raw) = bulk_export(&api, &admin, "/fhir/$export?_type=Patient");
     assert_eq!(raw[0].1.len(), 3, "three stored Patients");
+    let (_, compartment) = bulk_export(&api, &admin, "/fhir/Patient/$export?_type=Condition");
+    assert_eq!(compartment[0].1.len(), 3, "three stored Conditions");
+    // The registry routes sit beside the FHIR ones without hiding them.
+    let (status, history) = api.get(&admin, "/fhir/Group/registry-diabetes/_history");
+    assert_eq!((status, history["type"].as_str()), (200, Some("history")), "{history}");
+    let (status, _) = api.get(&ehr, "/fhir/Patient/pat-rivera");
+    assert_eq!(status, 200);
 
     // Bad kick-offs.
     for (path, expected) in [

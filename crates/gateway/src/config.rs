@@ -155,7 +155,8 @@ pub struct WorkersConfig {
     pub poll_interval_ms: u64,
     /// Attempts before a job is dead-lettered.
     pub max_attempts: i32,
-    /// Worker tasks per queue (conversion, normalization) in this process; 0 runs none (other replicas work).
+    /// Worker tasks per queue (conversion, normalization, registries, exports) in this process; 0 runs none (other
+    /// replicas work).
     pub count: usize,
 }
 
