@@ -118,9 +118,9 @@ impl StoreTx {
     pub async fn set_registry_fingerprint(&mut self, registry_id: &str, fingerprint: &str) -> Result<bool> {
         self.serialize_on(&format!("registry-state:{registry_id}")).await?;
         const READ: &str = "SELECT key_fingerprint FROM registry_state WHERE registry_id = $1";
-        const UPSERT: &str = "INSERT INTO registry_state (registry_id, key_fingerprint, changed_us) VALUES ($1, $2, $3) \
-             ON CONFLICT (registry_id) DO UPDATE SET key_fingerprint = excluded.key_fingerprint, \
-             changed_us = excluded.changed_us";
+        const UPSERT: &str = "INSERT INTO registry_state (registry_id, key_fingerprint, evaluated_us) \
+             VALUES ($1, $2, $3) ON CONFLICT (registry_id) DO UPDATE SET \
+             key_fingerprint = excluded.key_fingerprint, evaluated_us = excluded.evaluated_us";
         with_tx_conn!(self, conn => {
             let current: Option<String> =
                 sqlx::query_scalar(READ).bind(registry_id).fetch_optional(&mut *conn).await?;
@@ -134,6 +134,21 @@ impl StoreTx {
                 .execute(&mut *conn)
                 .await?;
             Ok(true)
+        })
+    }
+
+    /// Takes the registry's next evaluation of every patient when the last one was queued before `due_before`:
+    /// `true` for exactly one of any number of concurrent callers (replicas).
+    pub async fn take_registry_evaluation(&mut self, registry_id: &str, due_before: Timestamp) -> Result<bool> {
+        const SQL: &str = "UPDATE registry_state SET evaluated_us = $3 WHERE registry_id = $1 AND evaluated_us < $2";
+        with_tx_conn!(self, conn => {
+            let done = sqlx::query(SQL)
+                .bind(registry_id)
+                .bind(due_before.micros())
+                .bind(Timestamp::now().micros())
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
         })
     }
 

@@ -12,6 +12,7 @@ for_each_backend!(
     concurrent_changes_get_distinct_sequences_in_commit_order,
     members_page_by_sequence_and_by_patient,
     the_export_limit_holds_under_concurrent_kick_offs,
+    key_fingerprints_and_due_evaluations_are_taken_once,
 );
 
 fn member(patient: &str, is_member: bool) -> RegistryMember {
@@ -150,4 +151,33 @@ async fn the_export_limit_holds_under_concurrent_kick_offs(db: TestDb) {
     assert_eq!(store.expired_exports(Timestamp::now()).await.unwrap(), vec![live[1].clone()]);
     store.delete_export(&live[1]).await.unwrap();
     assert!(store.export(&live[1]).await.unwrap().is_none());
+}
+
+async fn key_fingerprints_and_due_evaluations_are_taken_once(db: TestDb) {
+    let store = db.store().await;
+    for (fingerprint, changed) in [("k1", true), ("k1", false), ("k2", true)] {
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(tx.set_registry_fingerprint("diabetes", fingerprint).await.unwrap(), changed, "{fingerprint}");
+        tx.commit().await.unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    assert!(!tx.take_registry_evaluation("diabetes", Timestamp(0)).await.unwrap(), "not due yet");
+    tx.commit().await.unwrap();
+    // Due: the last evaluation was queued before now; whoever takes it moves it past `due_before`.
+    let due_before = Timestamp(Timestamp::now().micros() + 1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut tx = store.begin().await.unwrap();
+            let taken = tx.take_registry_evaluation("diabetes", due_before).await.unwrap();
+            tx.commit().await.unwrap();
+            taken
+        });
+    }
+    let mut taken = 0;
+    while let Some(t) = tasks.join_next().await {
+        taken += usize::from(t.unwrap());
+    }
+    assert_eq!(taken, 1, "one replica takes a due evaluation");
 }

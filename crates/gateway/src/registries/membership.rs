@@ -241,6 +241,44 @@ pub async fn schedule_backfills(store: &Store, registries: &RegistrySet) -> Resu
     Ok(())
 }
 
+/// How often every patient is evaluated again: ages cross a registry's minimum without any write.
+const REEVALUATE_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Queues each registry's evaluation of every patient once a day (one replica takes it).
+pub(super) async fn reevaluate_daily(
+    store: Store,
+    registries: std::sync::Arc<RegistrySet>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(600));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                for registry in registries.iter() {
+                    let due_before = store::Timestamp(store::Timestamp::now().micros() - REEVALUATE_EVERY.as_micros() as i64);
+                    let queued = async {
+                        let mut tx = store.begin().await?;
+                        let taken = tx.take_registry_evaluation(registry.id(), due_before).await?;
+                        if taken {
+                            tx.enqueue(&NewJob::new(BACKFILL_QUEUE, json!({"registry": registry.id()}).to_string())).await?;
+                        }
+                        tx.commit().await?;
+                        Ok::<bool, StoreError>(taken)
+                    }
+                    .await;
+                    match queued {
+                        Ok(true) => tracing::info!(registry = registry.id(), "daily registry evaluation of every patient queued"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(registry = registry.id(), error = %e, "could not queue the daily registry evaluation"),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Evaluates every stored patient, a page at a time, renewing the job's lease as it goes.
 pub(super) async fn run_backfill_job(store: &Store, registries: &RegistrySet, job: Job, lease: std::time::Duration) {
     let mut job = job;

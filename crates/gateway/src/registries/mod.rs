@@ -130,6 +130,9 @@ pub fn spawn(workers: RegistryWorkers, shutdown: CancellationToken) -> JoinSet<(
             async move { export::run_job(&w, job, &stop).await }
         }));
     }
+    if !workers.registries.is_empty() {
+        tasks.spawn(membership::reevaluate_daily(workers.store.clone(), workers.registries.clone(), shutdown.clone()));
+    }
     let (store, folder) = (workers.store.clone(), workers.exports.folder.clone());
     tasks.spawn(export::remove_expired(store, folder, shutdown));
     tasks

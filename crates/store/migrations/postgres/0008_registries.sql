@@ -36,10 +36,11 @@ CREATE INDEX bulk_exports_client ON bulk_exports (client_id, status);
 CREATE INDEX bulk_exports_expiry ON bulk_exports (expires_us);
 
 -- What each registry's rows were computed with: a fingerprint of its pseudonymization key (an HMAC of a fixed
--- text, which reveals nothing of the key). A registry newly enabled, or given a new key, is evaluated again for
--- every patient.
+-- text, which reveals nothing of the key), and when an evaluation of every patient was last queued. A registry
+-- newly enabled or given a new key is evaluated again for every patient, and so is each registry once a day
+-- (patients reach a minimum age without any write).
 CREATE TABLE registry_state (
     registry_id     TEXT    NOT NULL PRIMARY KEY,
     key_fingerprint TEXT    NOT NULL,
-    changed_us      BIGINT NOT NULL
+    evaluated_us    BIGINT NOT NULL
 );
