@@ -73,7 +73,9 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     crate::registries::membership::schedule_backfills(&store, &registries)
         .await
         .context("cannot record the registries' state")?;
+    let export_wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let registry_workers = crate::registries::RegistryWorkers {
+        export_wake: export_wake.clone(),
         store: store.clone(),
         registries: registries.clone(),
         exports: config.exports.clone(),
@@ -102,6 +104,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         base_url: config.fhir_base_url(http_addr),
         exports: config.exports.clone(),
         requires_access_token: config.auth.required,
+        export_wake,
     };
     let app = router(
         AppState { store: store.clone(), max_attempts: config.workers.max_attempts },

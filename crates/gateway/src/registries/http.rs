@@ -38,6 +38,8 @@ pub struct RegistryApi {
     pub exports: ExportsConfig,
     /// Whether downloads need the bearer token (the manifest's `requiresAccessToken`).
     pub requires_access_token: bool,
+    /// Wakes an export worker of this replica after a kick-off commits.
+    pub export_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The routes, relative to the FHIR base (merge them into the FHIR router).
@@ -312,6 +314,7 @@ async fn kick_off(
     }
     tx.enqueue(&NewJob::new(EXPORT_QUEUE, json!({"export": id}).to_string())).await?;
     tx.commit().await?;
+    api.export_wake.notify_one();
     tracing::info!(export_id = %id, level = ?level, "export queued");
     let status_url = format!("{}/$export-poll/{id}", api.base_url);
     let mut response = (

@@ -282,7 +282,13 @@ pub(super) async fn reevaluate_daily(
 /// Evaluates every stored patient, a page at a time, renewing the job's lease as it goes.
 pub(super) async fn run_backfill_job(store: &Store, registries: &RegistrySet, job: Job, lease: std::time::Duration) {
     let mut job = job;
+    let enabled =
+        serde_json::from_str::<GroupPayload>(&job.payload).is_ok_and(|p| registries.get(&p.registry).is_some());
     let outcome = async {
+        if !enabled {
+            store.complete(&job).await?;
+            return Ok(0);
+        }
         let mut after = String::new();
         let mut evaluated = 0u64;
         loop {

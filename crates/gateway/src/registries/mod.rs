@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use sdoh::registry::{PseudonymKey, Registries, RegistryDefinition};
 use store::{Backoff, Job, Store, StoreError};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -94,10 +95,17 @@ pub struct RegistryWorkers {
     pub registries: Arc<RegistrySet>,
     pub exports: ExportsConfig,
     pub settings: crate::worker::WorkerSettings,
+    /// Notified by kick-offs on this replica (shared with [`http::RegistryApi`]).
+    pub export_wake: Arc<Notify>,
 }
 
-/// Starts the membership, Group and export workers (`settings.count` per queue); membership and Group workers only
-/// when registries are enabled.
+/// Starts the registry workers (membership, backfill, Group; only while registries are enabled), the export
+/// workers (`settings.count` per queue) and the export sweeper.
+///
+/// Only membership workers wake on every job committed through this store handle: the others' jobs are rare, and
+/// every wake-up is a claim on the database (on SQLite, a turn at the one writer ingest needs). Export workers are
+/// woken by kick-offs on this replica (`WorkerSettings::poll_interval` for other replicas'); backfill and Group
+/// workers poll.
 pub fn spawn(workers: RegistryWorkers, shutdown: CancellationToken) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     if workers.settings.count == 0 {
@@ -106,26 +114,41 @@ pub fn spawn(workers: RegistryWorkers, shutdown: CancellationToken) -> JoinSet<(
     for n in 0..workers.settings.count {
         if !workers.registries.is_empty() {
             let w = workers.clone();
-            tasks.spawn(run_queue(fhir_server::rest::membership::MEMBERSHIP_QUEUE, n, w.clone(), shutdown.clone(), {
+            tasks.spawn(run_queue(
+                fhir_server::rest::membership::MEMBERSHIP_QUEUE,
+                n,
+                w.clone(),
+                Wake::OnEnqueue,
+                shutdown.clone(),
+                {
+                    move |job| {
+                        let w = w.clone();
+                        async move { membership::run_job(&w.store, &w.registries, job).await }
+                    }
+                },
+            ));
+            let w = workers.clone();
+            tasks.spawn(run_queue(
+                membership::BACKFILL_QUEUE,
+                n,
+                w.clone(),
+                Wake::Poll,
+                shutdown.clone(),
                 move |job| {
                     let w = w.clone();
-                    async move { membership::run_job(&w.store, &w.registries, job).await }
-                }
-            }));
+                    async move { membership::run_backfill_job(&w.store, &w.registries, job, w.settings.lease).await }
+                },
+            ));
             let w = workers.clone();
-            tasks.spawn(run_queue(membership::BACKFILL_QUEUE, n, w.clone(), shutdown.clone(), move |job| {
-                let w = w.clone();
-                async move { membership::run_backfill_job(&w.store, &w.registries, job, w.settings.lease).await }
-            }));
-            let w = workers.clone();
-            tasks.spawn(run_queue(membership::GROUP_QUEUE, n, w.clone(), shutdown.clone(), move |job| {
+            tasks.spawn(run_queue(membership::GROUP_QUEUE, n, w.clone(), Wake::Poll, shutdown.clone(), move |job| {
                 let w = w.clone();
                 async move { membership::run_group_job(&w.store, &w.registries, job).await }
             }));
         }
         let w = workers.clone();
         let stop = shutdown.clone();
-        tasks.spawn(run_queue(export::EXPORT_QUEUE, n, w.clone(), shutdown.clone(), move |job| {
+        let wake = Wake::Local(workers.export_wake.clone());
+        tasks.spawn(run_queue(export::EXPORT_QUEUE, n, w.clone(), wake, shutdown.clone(), move |job| {
             let (w, stop) = (w.clone(), stop.clone());
             async move { export::run_job(&w, job, &stop).await }
         }));
@@ -138,11 +161,22 @@ pub fn spawn(workers: RegistryWorkers, shutdown: CancellationToken) -> JoinSet<(
     tasks
 }
 
-/// One worker on one queue: claim, handle, and wait for the store's enqueue notification or the poll interval.
+/// What wakes an idle worker besides its poll interval.
+enum Wake {
+    /// Every job committed through the store handle.
+    OnEnqueue,
+    /// Nothing.
+    Poll,
+    /// This notification (one waiter per notice; a notice with no waiter is kept for the next).
+    Local(Arc<Notify>),
+}
+
+/// One worker on one queue: claim, handle, and wait for a wake-up or the poll interval.
 async fn run_queue<F, Fut>(
     queue: &'static str,
     n: usize,
     workers: RegistryWorkers,
+    wake: Wake,
     shutdown: CancellationToken,
     handle: F,
 ) where
@@ -166,9 +200,16 @@ async fn run_queue<F, Fut>(
             Ok(_) => {}
             Err(e) => tracing::warn!(queue, error = %e, "claiming jobs failed; retrying"),
         }
+        let woken = async {
+            match &wake {
+                Wake::OnEnqueue => workers.store.job_enqueued().await,
+                Wake::Poll => std::future::pending().await,
+                Wake::Local(notify) => notify.notified().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = workers.store.job_enqueued() => {}
+            _ = woken => {}
             _ = tokio::time::sleep(settings.poll_interval) => {}
         }
     }
