@@ -333,7 +333,21 @@ fn scrub(value: &Value, ids: &HashMap<String, String>) -> Option<Value> {
             }
             let mut out = Map::new();
             for (key, v) in object {
-                if matches!(key.as_str(), "identifier" | "text" | "note" | "extension" | "modifierExtension" | "id") {
+                // Identifiers, narrative, free text (anywhere, components included) and extensions never leave.
+                let withheld = matches!(
+                    key.as_str(),
+                    "identifier"
+                        | "text"
+                        | "note"
+                        | "comment"
+                        | "description"
+                        | "patientInstruction"
+                        | "valueString"
+                        | "extension"
+                        | "modifierExtension"
+                        | "id"
+                );
+                if withheld {
                     continue;
                 }
                 if let Some(v) = scrub(v, ids) {
@@ -381,7 +395,16 @@ mod tests {
             "code": {"coding": [{"system": sdoh::registry::ICD_10_CM, "code": "E11.9"}], "text": "free text"},
             "asserter": {"reference": "Practitioner/dr"}, "note": [{"text": "lives with daughter"}],
             "onsetDateTime": "2020-01-01", "evidence": [{"detail": [{"reference": "Observation/elsewhere"}]}]});
-        let data = PatientData { patient, conditions: vec![condition], ..PatientData::default() };
+        let screening = json!({"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p1"},
+            "category": [{"coding": [{"code": "survey"}]}], "code": {"coding": [{"system": "http://loinc.org", "code": "88124-3"}]},
+            "component": [{"code": {"coding": [{"code": "x"}]}, "valueString": "daughter pays the rent"}],
+            "performer": [{"reference": "Practitioner/dr", "display": "Dr Rivera"}]});
+        let data = PatientData {
+            patient,
+            conditions: vec![condition],
+            observations: vec![screening],
+            ..PatientData::default()
+        };
         let registry = diabetes();
         let as_of = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
         let facts = registry_patient(&data.patient, &data.conditions);
@@ -395,6 +418,9 @@ mod tests {
         assert_eq!(record["entry"][0]["resource"]["address"][0]["district"], "Adams");
         assert_eq!(record["entry"][1]["resource"]["subject"]["reference"], format!("Patient/{pseudo}"));
         assert!(record["entry"][1]["resource"].get("evidence").is_none());
+        assert_eq!(record["entry"][2]["resource"]["resourceType"], "Observation", "{record}");
+        let component = &record["entry"][2]["resource"]["component"][0];
+        assert!(component.get("code").is_some() && component.get("valueString").is_none(), "{component}");
         for e in record["entry"].as_array().unwrap() {
             let r = &e["resource"];
             fhir_server::rest::validate::validate_resource(r, r["resourceType"].as_str().unwrap()).unwrap();
