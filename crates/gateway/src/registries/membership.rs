@@ -40,34 +40,56 @@ struct Written {
     version_id: i64,
 }
 
-pub(super) async fn run_job(store: &Store, registries: &RegistrySet, job: Job) {
-    let Ok(written) = serde_json::from_str::<Written>(&job.payload) else {
-        dead_letter(store, &job, "payload does not name a resource version").await;
-        return;
-    };
-    let outcome = async {
-        let patients = patients_of(store, &written).await?;
-        for (i, patient_id) in patients.iter().enumerate() {
-            // The last patient's transaction completes the job, so the job ends exactly when all are done.
-            let completes = (i + 1 == patients.len()).then_some(&job);
-            refresh_patient(store, registries, patient_id, completes).await?;
+/// Membership jobs claimed at once: the writes of one message or one normalized screening name the same patient
+/// many times, and a batch evaluates each patient once.
+pub const MEMBERSHIP_BATCH: u32 = 64;
+
+/// Evaluates the patients a batch of jobs names, each once; a job completes in the transaction of the last of its
+/// patients, so it ends exactly when all of them are evaluated. After a failure the jobs not yet completed are
+/// retried.
+pub(super) async fn run_jobs(store: &Store, registries: &RegistrySet, jobs: Vec<Job>) {
+    let mut resolved: Vec<(Job, Vec<String>)> = Vec::new();
+    for job in jobs {
+        let Ok(written) = serde_json::from_str::<Written>(&job.payload) else {
+            dead_letter(store, &job, "payload does not name a resource version").await;
+            continue;
+        };
+        match patients_of(store, &written).await {
+            Ok(patients) if patients.is_empty() => {
+                if let Err(e) = store.complete(&job).await {
+                    retry_later(store, &job, &e).await;
+                }
+            }
+            Ok(patients) => resolved.push((job, patients)),
+            Err(e) => retry_later(store, &job, &e).await,
         }
-        if patients.is_empty() {
-            store.complete(&job).await?;
-        }
-        Ok::<usize, StoreError>(patients.len())
     }
-    .await;
-    match outcome {
-        Ok(n) => {
-            metrics::counter!("registry_membership_jobs_total", "outcome" => "done").increment(1);
-            tracing::debug!(resource_type = %written.resource_type, id = %written.id, patients = n, "registry membership evaluated");
+    let mut order: Vec<&str> = Vec::new();
+    for (_, patients) in &resolved {
+        for p in patients {
+            if !order.contains(&p.as_str()) {
+                order.push(p);
+            }
         }
-        Err(e) => {
+    }
+    let mut completing: Vec<Vec<&Job>> = vec![Vec::new(); order.len()];
+    for (job, patients) in &resolved {
+        let last = patients.iter().filter_map(|p| order.iter().position(|o| o == p)).max().unwrap_or(0);
+        completing[last].push(job);
+    }
+    let mut done = 0;
+    for (i, patient_id) in order.iter().enumerate() {
+        if let Err(e) = refresh_patient(store, registries, patient_id, &completing[i]).await {
             metrics::counter!("registry_membership_jobs_total", "outcome" => "retry").increment(1);
-            retry_later(store, &job, &e).await;
+            for job in completing[i..].iter().flatten() {
+                retry_later(store, job, &e).await;
+            }
+            break;
         }
+        done += completing[i].len();
     }
+    metrics::counter!("registry_membership_jobs_total", "outcome" => "done").increment(done as u64);
+    tracing::debug!(jobs = done, patients = order.len(), "registry membership evaluated");
 }
 
 /// The patients a written version and its predecessor refer to (a Patient: itself).
@@ -135,13 +157,13 @@ async fn referring(
     }
 }
 
-/// Re-evaluates one patient against every enabled registry and records what changed; completes `job` in the
-/// same transaction when given.
+/// Re-evaluates one patient against every enabled registry and records what changed; completes `jobs` in the
+/// same transaction.
 pub async fn refresh_patient(
     store: &Store,
     registries: &RegistrySet,
     patient_id: &str,
-    job: Option<&Job>,
+    jobs: &[&Job],
 ) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
     tx.serialize_on(&format!("registry-patient:{patient_id}")).await?;
@@ -218,7 +240,7 @@ pub async fn refresh_patient(
             tracing::info!(registry = registry.id(), member = next.member, "registry membership changed");
         }
     }
-    if let Some(job) = job {
+    for job in jobs {
         tx.complete_job(job).await?;
     }
     tx.commit().await?;
@@ -294,7 +316,7 @@ pub(super) async fn run_backfill_job(store: &Store, registries: &RegistrySet, jo
         loop {
             let page = store.resources_page("Patient", None, &after, BACKFILL_PAGE).await?;
             for patient in &page {
-                refresh_patient(store, registries, &patient.id, None).await?;
+                refresh_patient(store, registries, &patient.id, &[]).await?;
             }
             evaluated += page.len() as u64;
             store.extend_lease(&mut job, lease).await?;

@@ -114,43 +114,57 @@ pub fn spawn(workers: RegistryWorkers, shutdown: CancellationToken) -> JoinSet<(
     for n in 0..workers.settings.count {
         if !workers.registries.is_empty() {
             let w = workers.clone();
+            let queue = fhir_server::rest::membership::MEMBERSHIP_QUEUE;
+            let batch = membership::MEMBERSHIP_BATCH;
+            tasks.spawn(run_queue(queue, batch, n, w.clone(), Wake::OnEnqueue, shutdown.clone(), move |jobs| {
+                let w = w.clone();
+                async move { membership::run_jobs(&w.store, &w.registries, jobs).await }
+            }));
+            let w = workers.clone();
             tasks.spawn(run_queue(
-                fhir_server::rest::membership::MEMBERSHIP_QUEUE,
+                membership::BACKFILL_QUEUE,
+                1,
                 n,
                 w.clone(),
-                Wake::OnEnqueue,
+                Wake::Poll,
                 shutdown.clone(),
-                {
-                    move |job| {
-                        let w = w.clone();
-                        async move { membership::run_job(&w.store, &w.registries, job).await }
+                move |jobs| {
+                    let w = w.clone();
+                    async move {
+                        for job in jobs {
+                            membership::run_backfill_job(&w.store, &w.registries, job, w.settings.lease).await
+                        }
                     }
                 },
             ));
             let w = workers.clone();
             tasks.spawn(run_queue(
-                membership::BACKFILL_QUEUE,
+                membership::GROUP_QUEUE,
+                1,
                 n,
                 w.clone(),
                 Wake::Poll,
                 shutdown.clone(),
-                move |job| {
+                move |jobs| {
                     let w = w.clone();
-                    async move { membership::run_backfill_job(&w.store, &w.registries, job, w.settings.lease).await }
+                    async move {
+                        for job in jobs {
+                            membership::run_group_job(&w.store, &w.registries, job).await
+                        }
+                    }
                 },
             ));
-            let w = workers.clone();
-            tasks.spawn(run_queue(membership::GROUP_QUEUE, n, w.clone(), Wake::Poll, shutdown.clone(), move |job| {
-                let w = w.clone();
-                async move { membership::run_group_job(&w.store, &w.registries, job).await }
-            }));
         }
         let w = workers.clone();
         let stop = shutdown.clone();
         let wake = Wake::Local(workers.export_wake.clone());
-        tasks.spawn(run_queue(export::EXPORT_QUEUE, n, w.clone(), wake, shutdown.clone(), move |job| {
+        tasks.spawn(run_queue(export::EXPORT_QUEUE, 1, n, w.clone(), wake, shutdown.clone(), move |jobs| {
             let (w, stop) = (w.clone(), stop.clone());
-            async move { export::run_job(&w, job, &stop).await }
+            async move {
+                for job in jobs {
+                    export::run_job(&w, job, &stop).await
+                }
+            }
         }));
     }
     if !workers.registries.is_empty() {
@@ -171,16 +185,17 @@ enum Wake {
     Local(Arc<Notify>),
 }
 
-/// One worker on one queue: claim, handle, and wait for a wake-up or the poll interval.
+/// One worker on one queue: claim up to `batch` jobs, handle them, and wait for a wake-up or the poll interval.
 async fn run_queue<F, Fut>(
     queue: &'static str,
+    batch: u32,
     n: usize,
     workers: RegistryWorkers,
     wake: Wake,
     shutdown: CancellationToken,
     handle: F,
 ) where
-    F: Fn(Job) -> Fut,
+    F: Fn(Vec<Job>) -> Fut,
     Fut: Future<Output = ()>,
 {
     tracing::debug!(queue, worker = n, "worker started");
@@ -190,11 +205,9 @@ async fn run_queue<F, Fut>(
             break;
         }
         settings.give_way().await;
-        match workers.store.claim(queue, 1, settings.lease).await {
+        match workers.store.claim(queue, batch, settings.lease).await {
             Ok(jobs) if !jobs.is_empty() => {
-                for job in jobs {
-                    handle(job).await;
-                }
+                handle(jobs).await;
                 continue;
             }
             Ok(_) => {}
