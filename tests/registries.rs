@@ -557,3 +557,41 @@ fn a_registry_enabled_later_evaluates_the_data_already_stored() {
     gw.terminate();
     assert!(gw.wait_exit(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn a_condition_moved_to_another_patient_moves_the_membership() {
+    let dir = temp_dir();
+    let db_url = format!("sqlite:{}", dir.path().join("moved.db").display());
+    let env =
+        [("SDOH_GATEWAY_REGISTRIES__ENABLED", "[diabetes]"), ("SDOH_GATEWAY_REGISTRIES__KEYS__DIABETES", DIABETES_KEY)];
+    let mut gw = Gateway::start(dir.path(), &["--database-url", &db_url, "--http-listen", "127.0.0.1:0"], &env);
+    let addr = gw.wait_ready();
+    let put = |resource: Value| {
+        let path = format!("/fhir/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+        let (status, _, body) = http(addr, "PUT", &path, Some(&resource.to_string()));
+        assert!(status == 200 || status == 201, "{body}");
+    };
+    put(patient("pat-rivera", "Rivera", "MRN-4471", "1961-07-15"));
+    put(patient("pat-okafor", "Okafor", "MRN-5502", "1950-02-02"));
+    let members = || {
+        let (status, _, body) = http(addr, "GET", "/fhir/Group/registry-diabetes", None);
+        let group: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let mut m: Vec<String> = group["member"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["entity"]["reference"].as_str().unwrap().to_owned())
+            .collect();
+        m.sort();
+        (status == 200).then_some(m)
+    };
+    put(diabetes_condition("cond-dm", "pat-rivera", "confirmed"));
+    poll("Rivera joining", Duration::from_secs(30), || (members()? == ["Patient/pat-rivera"]).then_some(()));
+    // The coding clerk fixes the chart: the Condition was Okafor's.
+    put(diabetes_condition("cond-dm", "pat-okafor", "confirmed"));
+    poll("the membership moving to Okafor", Duration::from_secs(30), || {
+        (members()? == ["Patient/pat-okafor"]).then_some(())
+    });
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}
