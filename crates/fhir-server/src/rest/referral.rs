@@ -94,12 +94,11 @@ pub fn check_task_write(caller: &Caller, before: Option<&Value>, after: &Value) 
         return check_transition(new_status, new_status, TaskRole::Requester).map_err(transition_error);
     };
     let role = task_role(caller, before)?;
-    if role == Some(TaskRole::Owner) && !caller.role().is_some_and(|r| r == Role::Ehr || r == Role::Admin) {
-        if let Some(element) = REQUESTER_ELEMENTS.iter().find(|e| before[**e] != after[**e]) {
-            return Err(StoreError::Forbidden(format!(
-                "only the requester may change Task.{element} of a referral Task"
-            )));
-        }
+    if role == Some(TaskRole::Owner)
+        && !caller.role().is_some_and(|r| r == Role::Ehr || r == Role::Admin)
+        && let Some(element) = REQUESTER_ELEMENTS.iter().find(|e| before[**e] != after[**e])
+    {
+        return Err(StoreError::Forbidden(format!("only the requester may change Task.{element} of a referral Task")));
     }
     let old_status = status(before);
     match role {
@@ -166,10 +165,10 @@ pub async fn refresh_task_grants(tx: &mut StoreTx, task_id: &str, task: &Value) 
         ["owner", "requester"].iter().filter_map(|e| organization_of(task, e)).collect();
     let mut targets = references_in(task);
     targets.insert(("Task".to_owned(), task_id.to_owned()));
-    if let Some(sr_id) = focus_service_request(task) {
-        if let Some(sr) = content(tx.read("ServiceRequest", sr_id).await?) {
-            targets.extend(references_in(&sr));
-        }
+    if let Some(sr_id) = focus_service_request(task)
+        && let Some(sr) = content(tx.read("ServiceRequest", sr_id).await?)
+    {
+        targets.extend(references_in(&sr));
     }
     let grants: Vec<Grant> = organizations
         .iter()
