@@ -80,7 +80,8 @@ pub(super) async fn run_jobs(store: &Store, registries: &RegistrySet, jobs: Vec<
     let mut done = 0;
     for (i, patient_id) in order.iter().enumerate() {
         if let Err(e) = refresh_patient(store, registries, patient_id, &completing[i]).await {
-            metrics::counter!("registry_membership_jobs_total", "outcome" => "retry").increment(1);
+            let left: usize = completing[i..].iter().map(Vec::len).sum();
+            metrics::counter!("registry_membership_jobs_total", "outcome" => "retry").increment(left as u64);
             for job in completing[i..].iter().flatten() {
                 retry_later(store, job, &e).await;
             }
