@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     pub subscriptions: SubscriptionsConfig,
     pub measures: MeasuresConfig,
+    pub registries: RegistriesConfig,
+    pub exports: ExportsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +40,44 @@ pub struct MeasuresConfig {
 impl Default for MeasuresConfig {
     fn default() -> Self {
         MeasuresConfig { completion_window_days: 30 }
+    }
+}
+
+/// CQI registries (definitions in `profiles/registries/`): which ones this gateway keeps, and their keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistriesConfig {
+    /// Ids of the registries whose membership, Group and records are kept current (e.g. `["diabetes", "ckd"]`).
+    /// Empty: none, and writes queue no membership work.
+    pub enabled: Vec<String>,
+    /// Pseudonymization keys (HMAC-SHA-256, at least 32 bytes) by the key name a registry definition gives
+    /// (`pseudonym_key`); `SDOH_GATEWAY_REGISTRIES__KEYS__<NAME>` in the environment, `-` written as `_`. Keep them
+    /// secret and stable: a new key gives every patient a new pseudonym.
+    pub keys: std::collections::BTreeMap<String, String>,
+}
+
+impl RegistriesConfig {
+    /// The configured key of that name (a `-` in the name may be written `_`, as environment variables need).
+    pub fn key(&self, name: &str) -> Option<&str> {
+        self.keys.get(name).or_else(|| self.keys.get(&name.replace('-', "_"))).map(String::as_str)
+    }
+}
+
+/// Bulk Data exports (`$export`): where files are written and for how long they are served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportsConfig {
+    /// Folder of export files, one subfolder per export.
+    pub folder: PathBuf,
+    /// How long a completed export's files are served before they are deleted, in seconds.
+    pub expiry_secs: u64,
+    /// Exports one client may have queued or running at once; a further kick-off is answered 429.
+    pub max_concurrent_per_client: u32,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        ExportsConfig { folder: PathBuf::from("./data/exports"), expiry_secs: 3600, max_concurrent_per_client: 2 }
     }
 }
 
@@ -130,7 +170,8 @@ pub struct WorkersConfig {
     pub poll_interval_ms: u64,
     /// Attempts before a job is dead-lettered.
     pub max_attempts: i32,
-    /// Worker tasks per queue (conversion, normalization) in this process; 0 runs none (other replicas work).
+    /// Worker tasks per queue (conversion, normalization, registries, exports) in this process; 0 runs none (other
+    /// replicas work).
     pub count: usize,
 }
 
@@ -559,6 +600,48 @@ impl GatewayConfig {
         }
         self.outbound.validate()?;
         self.subscriptions.validate()?;
+        self.validate_registries()?;
+        Ok(())
+    }
+
+    fn validate_registries(&self) -> Result<(), ConfigError> {
+        let known = sdoh::registry::Registries::builtin();
+        for id in &self.registries.enabled {
+            let Some(definition) = known.get(id) else {
+                let ids: Vec<&str> = known.definitions().iter().map(|d| d.id.as_str()).collect();
+                return Err(ConfigError::Invalid {
+                    key: "registries.enabled",
+                    reason: format!("{id:?} is not a known registry (known: {})", ids.join(", ")),
+                });
+            };
+            let name = &definition.pseudonym_key;
+            let env = format!("{ENV_PREFIX}REGISTRIES__KEYS__{}", name.replace('-', "_").to_ascii_uppercase());
+            match self.registries.key(name) {
+                None => {
+                    return Err(ConfigError::Parse(format!(
+                        "missing value for `registries.keys.{name}` (or {env}): registry {id} is enabled and needs \
+                         its pseudonymization key"
+                    )));
+                }
+                Some(key) if key.len() < sdoh::registry::MIN_KEY_BYTES => {
+                    return Err(ConfigError::Parse(format!(
+                        "invalid value for `registries.keys.{name}` (or {env}): a pseudonymization key needs at \
+                         least {} bytes",
+                        sdoh::registry::MIN_KEY_BYTES
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.exports.expiry_secs == 0 {
+            return Err(ConfigError::Invalid { key: "exports.expiry_secs", reason: "must be at least 1".into() });
+        }
+        if self.exports.max_concurrent_per_client == 0 {
+            return Err(ConfigError::Invalid {
+                key: "exports.max_concurrent_per_client",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(())
     }
 
@@ -566,6 +649,9 @@ impl GatewayConfig {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
+        for key in shown.registries.keys.values_mut() {
+            *key = "***".into();
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 

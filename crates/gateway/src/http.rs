@@ -24,6 +24,7 @@ pub fn router(
     state: AppState,
     fhir: fhir_server::FhirState,
     measures: fhir_server::measures::MeasuresState,
+    registries: crate::registries::http::RegistryApi,
     auth: crate::auth::AuthLayer,
     max_body_bytes: usize,
     request_timeout: Duration,
@@ -40,7 +41,12 @@ pub fn router(
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes))
         .with_state(state);
     operator_routes
-        .nest("/fhir", fhir_server::router(fhir).merge(fhir_server::measures::router(measures.clone())))
+        .nest(
+            "/fhir",
+            fhir_server::router(fhir)
+                .merge(fhir_server::measures::router(measures.clone()))
+                .merge(crate::registries::http::routes(registries)),
+        )
         .merge(crate::dashboard::router(measures))
         .layer(middleware::from_fn_with_state(auth, crate::auth::authenticate))
         .layer(middleware::from_fn(record_request))

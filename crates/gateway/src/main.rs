@@ -1,6 +1,6 @@
-//! The `sdoh-gateway` command: serve, migrate, check-config, messages, clients, outbound.
+//! The `sdoh-gateway` command: serve, migrate, check-config, messages, clients, outbound, export.
 
-use gateway::{clients_cli, config, messages_cli, outbound_cli, serve, telemetry};
+use gateway::{clients_cli, config, export_cli, messages_cli, outbound_cli, serve, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,8 @@ enum Command {
     /// Outbound HL7 v2 messages (application ACKs, referral status updates) and their ACKs: list, show.
     #[command(subcommand)]
     Outbound(outbound_cli::OutboundCommand),
+    /// Export a registry's records as Bulk Data NDJSON files into a folder, straight from the database.
+    Export(export_cli::ExportArgs),
 }
 
 /// Exit status for configuration errors, as for command-line usage errors.
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Messages(command) => messages_cli::run(&config, command).await,
             Command::Clients(command) => clients_cli::run(&config, command).await,
             Command::Outbound(command) => outbound_cli::run(&config, command).await,
+            Command::Export(args) => export_cli::run(&config, args).await,
             Command::CheckConfig => unreachable!("handled before the runtime starts"),
         }
     });

@@ -65,7 +65,24 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     if store.backend() == store::BackendKind::Sqlite {
         settings.ingest = ingest_activity;
     }
+    let registries = std::sync::Arc::new(
+        crate::registries::RegistrySet::from_config(&config.registries).map_err(|e| anyhow::anyhow!(e))?,
+    );
+    // Writes queue membership work only while registries are kept.
+    fhir_server::rest::membership::track_registries(!registries.is_empty());
+    crate::registries::membership::schedule_backfills(&store, &registries)
+        .await
+        .context("cannot record the registries' state")?;
+    let export_wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let registry_workers = crate::registries::RegistryWorkers {
+        export_wake: export_wake.clone(),
+        store: store.clone(),
+        registries: registries.clone(),
+        exports: config.exports.clone(),
+        settings: settings.clone(),
+    };
     let mut worker_tasks = crate::worker::spawn(store.clone(), settings, shutdown.clone()).await;
+    let mut registry_tasks = crate::registries::spawn(registry_workers, shutdown.clone());
     // Outbound HL7 v2 (application acknowledgments) is delivered in order per destination, retried until ACKed.
     let outbound_task = crate::outbound::spawn(store.clone(), &config.outbound, shutdown.clone())
         .context("cannot start outbound HL7 v2 delivery")?;
@@ -99,10 +116,19 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         tracing::warn!("auth.required is false: the FHIR API and admin endpoints accept unauthenticated requests");
         None
     };
+    let registry_api = crate::registries::http::RegistryApi {
+        store: store.clone(),
+        registries,
+        base_url: config.fhir_base_url(http_addr),
+        exports: config.exports.clone(),
+        requires_access_token: config.auth.required,
+        export_wake,
+    };
     let app = router(
         AppState { store: store.clone(), max_attempts: config.workers.max_attempts },
         fhir,
         measures,
+        registry_api,
         crate::auth::AuthLayer { authenticator },
         config.http.max_body_bytes,
         Duration::from_secs(config.http.request_timeout_secs),
@@ -144,6 +170,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         }
         // Workers saw the same cancellation and finish the entry or job in hand (concurrently with the above).
         while worker_tasks.join_next().await.is_some() {}
+        while registry_tasks.join_next().await.is_some() {}
         let _ = outbound_task.await;
         while notify_tasks.join_next().await.is_some() {}
     };

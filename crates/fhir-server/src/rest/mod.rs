@@ -11,6 +11,7 @@ mod error;
 mod handlers;
 mod history;
 mod media;
+pub mod membership;
 pub mod patch;
 pub mod referral;
 pub mod referral_status;

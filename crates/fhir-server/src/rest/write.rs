@@ -175,5 +175,6 @@ async fn after_change(tx: &mut StoreTx, version: &StoredResource, content: Optio
         tx.enqueue(&NewJob::new(NORMALIZE_QUEUE, payload.to_string())).await?;
     }
     super::referral_status::after_change(tx, version).await?;
+    super::membership::after_change(tx, version).await?;
     crate::subscriptions::after_change(tx, version).await
 }
