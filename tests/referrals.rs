@@ -385,6 +385,15 @@ fn referral_lifecycle(db_url: &str) {
         "code": {"text": "x"}}),
     );
     assert_eq!(status, 403, "{body}");
+    // Naming someone else's order or patient in a Task of its own grants nothing: refused, and still unreadable.
+    let grab = task("grab", "requested", "Organization/cbo-b", "Organization/cbo-b", "ServiceRequest/sr-1");
+    let (status, body) = api.put(&cbo_b, &grab);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = api.call(&cbo_b, "POST", "/fhir/Task", Some(&grab));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(api.get(&cbo_b, "/fhir/ServiceRequest/sr-1").0, 404);
+    assert_eq!(api.get(&cbo_b, "/fhir/Patient/pat-1").0, 404);
+    assert_eq!(api.get(&cbo_b, "/fhir/Task/grab").0, 404, "the refused Task was not stored");
     // A transaction is all or nothing under the same rules.
     let sneaky = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": accepted, "request": {"method": "PUT", "url": "Task/task-1"}},

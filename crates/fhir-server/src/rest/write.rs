@@ -80,6 +80,9 @@ pub async fn put_as(
     if written.created {
         grant_to_author(tx, caller, &written.resource).await?;
     }
+    if let Some(content) = &triggers {
+        check_references_in_scope(tx, caller, content).await?;
+    }
     after_change(tx, &written.resource, triggers.as_ref()).await?;
     Ok(written)
 }
@@ -109,9 +112,16 @@ pub async fn create_all_as(
         .map(|r| matches!(r["resourceType"].as_str(), Some("Task" | "ServiceRequest")).then(|| r.clone()))
         .collect();
     let written = tx.create_all(resources).await?;
-    for ((w, rows), content) in written.iter().zip(rows).zip(&triggers) {
+    for (w, rows) in written.iter().zip(rows) {
         tx.insert_index(&w.resource.resource_type, &w.resource.id, &rows).await?;
         grant_to_author(tx, caller, &w.resource).await?;
+    }
+    // Checked once everything created together is the caller's (a platform's ServiceRequest and the sub-Task that
+    // focuses it), and before any Task grants what it references.
+    for content in triggers.iter().flatten() {
+        check_references_in_scope(tx, caller, content).await?;
+    }
+    for (w, content) in written.iter().zip(&triggers) {
         after_change(tx, &w.resource, content.as_ref()).await?;
     }
     Ok(written)
@@ -146,6 +156,24 @@ pub async fn delete_as(
         after_change(tx, tombstone, None).await?;
     }
     Ok(deleted)
+}
+
+/// A referral Task or ServiceRequest grants its owner what it references, so a scoped client may make one refer
+/// only to what it can already read: otherwise naming any id would grant it that resource. The refusal does not
+/// say which reference, so it cannot be used to probe for ids either.
+async fn check_references_in_scope(tx: &mut StoreTx, caller: &Caller, content: &Value) -> Result<(), StoreError> {
+    let scope = access::scope(caller);
+    if scope == Scope::All {
+        return Ok(());
+    }
+    for (resource_type, id) in referral::references_in(content) {
+        if !tx.visible(&scope, &resource_type, &id).await? {
+            return Err(StoreError::Forbidden(
+                "a cbo client's Tasks and ServiceRequests may reference only resources it can read".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A resource a scoped client creates is visible to its organization from then on.
