@@ -388,9 +388,20 @@ fn referral_lifecycle(db_url: &str) {
     // Naming someone else's order or patient in a Task of its own grants nothing: refused, and still unreadable.
     let grab = task("grab", "requested", "Organization/cbo-b", "Organization/cbo-b", "ServiceRequest/sr-1");
     let (status, body) = api.put(&cbo_b, &grab);
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 404, "a CBO never chooses ids (nor learns which exist): {body}");
     let (status, body) = api.call(&cbo_b, "POST", "/fhir/Task", Some(&grab));
     assert_eq!(status, 403, "{body}");
+    // What a CBO can read of the clinic's it cannot change: the order is the clinic's.
+    let (_, clinic_order) = api.get(&cbo_a, "/fhir/ServiceRequest/sr-1");
+    let mut edited = clinic_order.clone();
+    edited["status"] = json!("completed");
+    assert_eq!(api.put(&cbo_a, &edited).0, 403);
+    assert_eq!(api.call(&cbo_a, "DELETE", "/fhir/ServiceRequest/sr-1", None).0, 403);
+    // A referral Task stays one: the owner cannot drop its profile and code to escape the state machine.
+    let mut plain = task("task-1", "requested", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
+    plain.as_object_mut().unwrap().remove("meta");
+    plain.as_object_mut().unwrap().remove("code");
+    assert_eq!(api.put(&cbo_a, &plain).0, 403);
     assert_eq!(api.get(&cbo_b, "/fhir/ServiceRequest/sr-1").0, 404);
     assert_eq!(api.get(&cbo_b, "/fhir/Patient/pat-1").0, 404);
     assert_eq!(api.get(&cbo_b, "/fhir/Task/grab").0, 404, "the refused Task was not stored");
@@ -508,29 +519,49 @@ fn coordination_platform_subtask(db_url: &str) {
     let platform_sr = json!({"resourceType": "ServiceRequest", "id": "sr-platform", "status": "active", "intent": "filler-order",
         "basedOn": [{"reference": "ServiceRequest/sr-1"}], "subject": {"reference": "Patient/pat-1"},
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "467771000124109"}]}});
-    let mut sub = task("sub-1", "requested", "Organization/cbo-b", "Organization/cbo-a", "ServiceRequest/sr-platform");
+    let sr_url = "urn:uuid:5b0f3c1e-7d4a-4c51-9a3e-2f1d8e6b9a01";
+    let mut sub = task("sub-1", "requested", "Organization/cbo-b", "Organization/cbo-a", sr_url);
+    sub.as_object_mut().unwrap().remove("id");
     sub["partOf"] = json!([{"reference": "Task/task-1"}]);
+    let mut platform_sr = platform_sr;
+    platform_sr.as_object_mut().unwrap().remove("id");
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": platform_sr, "request": {"method": "PUT", "url": "ServiceRequest/sr-platform"}},
-        {"resource": sub, "request": {"method": "PUT", "url": "Task/sub-1"}}
+        {"fullUrl": sr_url, "resource": platform_sr, "request": {"method": "POST", "url": "ServiceRequest"}},
+        {"resource": sub, "request": {"method": "POST", "url": "Task"}}
     ]});
     let (status, body) = api.call(&platform, "POST", "/fhir", Some(&bundle));
     assert_eq!(status, 200, "{body}");
+    let created: Vec<String> = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["location"].as_str().unwrap().split("/_history").next().unwrap().to_owned())
+        .collect();
+    let sr_platform = created[0].rsplit('/').next().unwrap().to_owned();
+    let sub_id = created[1].rsplit('/').next().unwrap().to_owned();
+    // The platform may not refer the clinic's own order onwards: a sub-referral is about the platform's order.
+    let mut misdirected = task("x", "requested", "Organization/cbo-b", "Organization/cbo-a", "ServiceRequest/sr-1");
+    misdirected.as_object_mut().unwrap().remove("id");
+    assert_eq!(api.call(&platform, "POST", "/fhir/Task", Some(&misdirected)).0, 403);
 
     // CBO B sees its sub-Task and its context, and works it; the platform sees the progress.
-    assert_eq!(api.search_ids(&provider, "/fhir/Task?owner=Organization/cbo-b&status=requested"), vec!["Task/sub-1"]);
-    assert_eq!(api.get(&provider, "/fhir/ServiceRequest/sr-platform").0, 200);
+    assert_eq!(
+        api.search_ids(&provider, "/fhir/Task?owner=Organization/cbo-b&status=requested"),
+        vec![format!("Task/{sub_id}")]
+    );
+    assert_eq!(api.get(&provider, &format!("/fhir/ServiceRequest/{sr_platform}")).0, 200);
     assert_eq!(api.get(&provider, "/fhir/Patient/pat-1").0, 200);
     assert_eq!(api.get(&provider, "/fhir/Observation/obs-private").0, 404);
     for status in ["accepted", "in-progress", "completed"] {
-        let mut next = task("sub-1", status, "Organization/cbo-b", "Organization/cbo-a", "ServiceRequest/sr-platform");
+        let focus = format!("ServiceRequest/{sr_platform}");
+        let mut next = task(&sub_id, status, "Organization/cbo-b", "Organization/cbo-a", &focus);
         next["partOf"] = json!([{"reference": "Task/task-1"}]);
         let (code, body) = api.put(&provider, &next);
         assert_eq!(code, 200, "{status}: {body}");
     }
-    let (_, sub_now) = api.get(&platform, "/fhir/Task/sub-1");
+    let (_, sub_now) = api.get(&platform, &format!("/fhir/Task/{sub_id}"));
     assert_eq!(sub_now["status"], "completed");
-    let (_, platform_sr_now) = api.get(&platform, "/fhir/ServiceRequest/sr-platform");
+    let (_, platform_sr_now) = api.get(&platform, &format!("/fhir/ServiceRequest/{sr_platform}"));
     assert_eq!(platform_sr_now["status"], "completed");
     // The platform closes its own Task with the clinic; the clinic's ServiceRequest follows.
     let in_progress = task("task-1", "in-progress", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
@@ -538,6 +569,11 @@ fn coordination_platform_subtask(db_url: &str) {
     let done = task("task-1", "completed", "Organization/cbo-a", "Organization/clinic", "ServiceRequest/sr-1");
     assert_eq!(api.put(&platform, &done).0, 200);
     assert_eq!(api.get(&ehr, "/fhir/ServiceRequest/sr-1").1["status"], "completed");
+    // A referral the clinic deletes grants nothing any more.
+    assert_eq!(api.get(&platform, "/fhir/Patient/pat-1").0, 200);
+    assert_eq!(api.call(&ehr, "DELETE", "/fhir/Task/task-1", None).0, 204);
+    assert_eq!(api.get(&platform, "/fhir/Condition/cond-food").0, 404);
+    assert_eq!(api.get(&platform, "/fhir/Consent/consent-1").0, 404);
 
     gw.terminate();
     assert!(gw.wait_exit(Duration::from_secs(30)).success());

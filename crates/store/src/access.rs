@@ -261,6 +261,18 @@ impl StoreTx {
         })
     }
 
+    /// Whether the scope's organization created the resource (a grant not made through a Task).
+    pub async fn authored(&mut self, scope: &Scope, resource_type: &str, id: &str) -> Result<bool> {
+        let Some(org) = scope.organization() else {
+            return Ok(true);
+        };
+        let sql = "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 \
+                   AND via_task = ''";
+        with_tx_conn!(self, conn => {
+            Ok(sqlx::query(sql).bind(org).bind(resource_type).bind(id).fetch_optional(&mut *conn).await?.is_some())
+        })
+    }
+
     /// Replaces the grants made through referral Task `task_id` with `grants`.
     pub async fn set_task_grants(&mut self, task_id: &str, grants: &[Grant]) -> Result<()> {
         with_tx_conn!(self, conn => {

@@ -584,7 +584,7 @@ async fn execute(state: &FhirState, tx: &mut StoreTx, plan: &Planned) -> Outcome
         match plan.method {
             Method::Post => {
                 let resource = plan.resource.clone().unwrap_or_default();
-                let written = write::put_as(tx, &state.caller, resource, Precondition::MustNotExist).await?;
+                let written = write::create_as(tx, &state.caller, resource).await?;
                 Ok(Outcome::Written { stored: written.resource, created: true })
             }
             Method::Put => {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
-use store::{Precondition, Store, Written};
+use store::{Store, Written};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{FhirError, write};
@@ -134,7 +134,7 @@ async fn write_all(store: &Store, resources: &[(Caller, Value)]) -> Result<Vec<W
     let mut tx = store.begin().await?;
     let written = if let [(caller, resource)] = resources {
         // Alone, a create takes the checked path, so an id clash (from the one-by-one retry) reads as a conflict.
-        vec![write::put_as(&mut tx, caller, resource.clone(), Precondition::MustNotExist).await?]
+        vec![write::create_as(&mut tx, caller, resource.clone()).await?]
     } else {
         // Each caller's creates are checked and granted as that caller's; runs of one caller share a bulk insert.
         let mut written = Vec::with_capacity(resources.len());

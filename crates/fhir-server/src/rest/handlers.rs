@@ -240,7 +240,7 @@ pub async fn create(
     }
     let written = match tx {
         Some(mut tx) => {
-            let written = write::put_as(&mut tx, &state.caller, resource, Precondition::MustNotExist).await?;
+            let written = write::create_as(&mut tx, &state.caller, resource).await?;
             tx.commit().await?;
             written
         }
@@ -460,6 +460,7 @@ async fn conditional_update(
         Some(tx) => tx,
         None => state.store.begin().await?,
     };
+    let body_had_id = body_id.is_some();
     let (id, precondition) = match matches {
         search::Matches::Several => return Err(search::several_matches(resource_type)),
         search::Matches::One(existing) => {
@@ -501,12 +502,17 @@ async fn conditional_update(
             },
         },
     };
+    // No match and no id in the body: the server assigned the id, and any client may create.
+    let server_assigned = !body_had_id && precondition == Precondition::MustNotExist;
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".into(), Value::String(id.clone()));
     }
-    let written = write::put_as(&mut tx, &state.caller, resource, precondition)
-        .await
-        .map_err(|e| conflict_status(e, expected))?;
+    let written = if server_assigned {
+        write::create_as(&mut tx, &state.caller, resource).await
+    } else {
+        write::put_as(&mut tx, &state.caller, resource, precondition).await
+    }
+    .map_err(|e| conflict_status(e, expected))?;
     tx.commit().await?;
     tracing::info!(resource_type = %resource_type, id = %id, version = written.resource.version_id, "conditionally updated");
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };

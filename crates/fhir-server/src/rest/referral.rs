@@ -33,7 +33,8 @@ pub fn is_referral_task(task: &Value) -> bool {
     by_profile || fulfils_service_request
 }
 
-fn focus_service_request(task: &Value) -> Option<&str> {
+/// The id of a Task's focus ServiceRequest, if its focus is one.
+pub fn focus_service_request(task: &Value) -> Option<&str> {
     task["focus"]["reference"].as_str()?.strip_prefix("ServiceRequest/").filter(|id| store::is_valid_id(id))
 }
 
@@ -76,6 +77,12 @@ fn task_role(caller: &Caller, task: &Value) -> Result<Option<TaskRole>, StoreErr
 pub fn check_task_write(caller: &Caller, before: Option<&Value>, after: &Value) -> Result<(), StoreError> {
     if !is_referral_task(after) && !before.is_some_and(is_referral_task) {
         return Ok(());
+    }
+    let privileged = caller.principal().is_none_or(|p| p.role == Role::Admin);
+    if !privileged && before.is_some_and(is_referral_task) && !is_referral_task(after) {
+        return Err(StoreError::Forbidden(
+            "a referral Task stays one: keep its SDOHCC profile and its fulfill code".into(),
+        ));
     }
     let new_status = status(after);
     let Some(before) = before else {

@@ -47,24 +47,58 @@ pub async fn put_as(
     resource: Value,
     precondition: Precondition,
 ) -> Result<Written, StoreError> {
+    write_version(tx, caller, resource, precondition, false).await
+}
+
+/// Creates a resource under an id the server just assigned, for `caller`: as [`put_as`], but a scoped client may
+/// create (it may not choose ids).
+pub async fn create_as(tx: &mut StoreTx, caller: &Caller, resource: Value) -> Result<Written, StoreError> {
+    write_version(tx, caller, resource, Precondition::MustNotExist, true).await
+}
+
+async fn write_version(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    resource: Value,
+    precondition: Precondition,
+    server_assigned_id: bool,
+) -> Result<Written, StoreError> {
+    let mut resource = resource;
     let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_owned();
     let id = resource["id"].as_str().unwrap_or_default().to_owned();
     access::check_change(caller, &resource_type, Change::Write)?;
+    drop_gateway_source(caller, &mut resource);
+    let scope = access::scope(caller);
     let needs_before = caller.principal().is_some() || resource_type == "Task";
+    let mut exists = false;
     let before = if needs_before {
-        // Anything stored under this id, deleted or not, outside the caller's scope is not theirs to take over.
         match tx.read(&resource_type, &id).await? {
-            Some(_) if !tx.visible(&access::scope(caller), &resource_type, &id).await? => {
+            // Anything stored under this id, deleted or not, outside the caller's scope is not theirs to take over.
+            Some(_) if !tx.visible(&scope, &resource_type, &id).await? => {
                 return Err(StoreError::NotFound { resource_type, id });
             }
-            Some(stored) if !stored.deleted => {
-                stored.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok())
+            // A scoped client never chooses ids: the same answer as for an id outside its scope, so a PUT can
+            // neither probe for ids nor claim one the gateway will use later (converted HL7 v2 ids are derived).
+            None if scope != Scope::All && !server_assigned_id => {
+                return Err(StoreError::NotFound { resource_type, id });
             }
-            _ => None,
+            Some(stored) => {
+                exists = true;
+                stored
+                    .content
+                    .as_deref()
+                    .filter(|_| !stored.deleted)
+                    .and_then(|c| serde_json::from_str::<Value>(c).ok())
+            }
+            None => None,
         }
     } else {
         None
     };
+    // Changing what exists, deleted or not (a new id has nothing to check: the create's own rules follow).
+    if scope != Scope::All && exists {
+        check_scoped_change(tx, caller, &resource_type, &id, before.as_ref()).await?;
+    }
     if resource_type == "Task" {
         referral::check_task_write(caller, before.as_ref(), &resource)?;
     }
@@ -81,7 +115,7 @@ pub async fn put_as(
         grant_to_author(tx, caller, &written.resource).await?;
     }
     if let Some(content) = &triggers {
-        check_references_in_scope(tx, caller, content).await?;
+        check_references_in_scope(tx, caller, content, written.created).await?;
     }
     after_change(tx, &written.resource, triggers.as_ref()).await?;
     Ok(written)
@@ -99,6 +133,10 @@ pub async fn create_all_as(
     caller: &Caller,
     resources: Vec<Value>,
 ) -> Result<Vec<Written>, StoreError> {
+    let mut resources = resources;
+    for resource in &mut resources {
+        drop_gateway_source(caller, resource);
+    }
     for resource in &resources {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         access::check_change(caller, resource_type, Change::Write)?;
@@ -119,7 +157,7 @@ pub async fn create_all_as(
     // Checked once everything created together is the caller's (a platform's ServiceRequest and the sub-Task that
     // focuses it), and before any Task grants what it references.
     for content in triggers.iter().flatten() {
-        check_references_in_scope(tx, caller, content).await?;
+        check_references_in_scope(tx, caller, content, true).await?;
     }
     for (w, content) in written.iter().zip(&triggers) {
         after_change(tx, &w.resource, content.as_ref()).await?;
@@ -147,30 +185,103 @@ pub async fn delete_as(
     precondition: Precondition,
 ) -> Result<Option<StoredResource>, StoreError> {
     access::check_change(caller, resource_type, Change::Delete)?;
-    if !tx.visible(&access::scope(caller), resource_type, id).await? {
+    let scope = access::scope(caller);
+    if !tx.visible(&scope, resource_type, id).await? {
         return Ok(None);
+    }
+    if scope != Scope::All {
+        check_scoped_change(tx, caller, resource_type, id, None).await?;
     }
     let deleted = tx.delete(resource_type, id, precondition).await?;
     if let Some(tombstone) = &deleted {
         tx.clear_index(resource_type, id).await?;
+        match resource_type {
+            // A deleted referral grants nothing any more; what its order referenced is granted afresh.
+            "Task" => tx.set_task_grants(id, &[]).await?,
+            "ServiceRequest" => referral::after_service_request_write(tx, id).await?,
+            _ => {}
+        }
         after_change(tx, tombstone, None).await?;
     }
     Ok(deleted)
 }
 
+/// The provenance the gateway writes on converted HL7 v2 resources (it routes referral status back to the EHR);
+/// a client may not claim it, so a client-supplied one is dropped (a Task read and written back loses it, and the
+/// status trigger then follows its focus ServiceRequest).
+fn drop_gateway_source(caller: &Caller, resource: &mut Value) {
+    if caller.principal().is_none() {
+        return;
+    }
+    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else { return };
+    if meta
+        .get("source")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.starts_with(super::referral_status::V2_SOURCE_PREFIX))
+    {
+        meta.remove("source");
+    }
+}
+
+/// What a scoped client may change besides creating: a referral Task it owns or requested (the state machine and
+/// `check_task_write` decide the rest), and what it created itself. What it can merely read (the clinic's order,
+/// documents a Task names) it cannot change or delete.
+async fn check_scoped_change(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+    before: Option<&Value>,
+) -> Result<(), StoreError> {
+    let referral_task = resource_type == "Task" && before.is_some_and(referral::is_referral_task);
+    if referral_task || tx.authored(&access::scope(caller), resource_type, id).await? {
+        return Ok(());
+    }
+    Err(StoreError::Forbidden(format!("a cbo client may change only the {resource_type} resources it created")))
+}
+
 /// A referral Task or ServiceRequest grants its owner what it references, so a scoped client may make one refer
 /// only to what it can already read: otherwise naming any id would grant it that resource. The refusal does not
 /// say which reference, so it cannot be used to probe for ids either.
-async fn check_references_in_scope(tx: &mut StoreTx, caller: &Caller, content: &Value) -> Result<(), StoreError> {
+async fn check_references_in_scope(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    content: &Value,
+    created: bool,
+) -> Result<(), StoreError> {
     let scope = access::scope(caller);
     if scope == Scope::All {
         return Ok(());
     }
-    for (resource_type, id) in referral::references_in(content) {
+    let refused = || {
+        StoreError::Forbidden(
+            "a cbo client's Tasks and ServiceRequests may reference only resources it can read".into(),
+        )
+    };
+    let mut references = referral::references_in(content);
+    // A referral a scoped client makes (a coordination platform's sub-Task) is about an order of its own (IG:
+    // the platform's `filler-order` ServiceRequest), never the clinic's: its status follows the sub-Task.
+    if created
+        && content["resourceType"] == "Task"
+        && referral::is_referral_task(content)
+        && let Some(sr_id) = referral::focus_service_request(content)
+        && !tx.authored(&scope, "ServiceRequest", sr_id).await?
+    {
+        return Err(StoreError::Forbidden(
+            "a cbo client's referral Task must focus a ServiceRequest the client created".into(),
+        ));
+    }
+    // A Task also grants what its focus ServiceRequest references: those must be readable already too.
+    if content["resourceType"] == "Task"
+        && let Some(sr_id) = referral::focus_service_request(content)
+        && let Some(sr) = tx.read("ServiceRequest", sr_id).await?.filter(|s| !s.deleted)
+        && let Some(sr) = sr.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok())
+    {
+        references.extend(referral::references_in(&sr));
+    }
+    for (resource_type, id) in references {
         if !tx.visible(&scope, &resource_type, &id).await? {
-            return Err(StoreError::Forbidden(
-                "a cbo client's Tasks and ServiceRequests may reference only resources it can read".into(),
-            ));
+            return Err(refused());
         }
     }
     Ok(())
