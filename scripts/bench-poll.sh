@@ -3,7 +3,9 @@
 # on), registers CBO clients, and measures `Task?owner=<own org>&status=requested&_lastUpdated=gt<t>` polls, each
 # made with that CBO's own token (so the store's access scoping is part of every poll).
 # Usage: scripts/bench-poll.sh sqlite|postgres [--tasks 100000] [--owners 500] [--pollers 50] [sdoh-fhir-load args...]
-#   e.g. scripts/bench-poll.sh sqlite --tasks 100000 --owners 500 --clients 8 --duration 30
+#        [--then sdoh-fhir-load args...]...     (each --then polls the same data again, loading nothing)
+#   e.g. scripts/bench-poll.sh sqlite --tasks 100000 --owners 500 --clients 8 --duration 30 \
+#          --then --clients 1 --duration 20 --then --poll-since load-end --clients 8 --duration 20
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${1:?sqlite or postgres}; shift
@@ -33,8 +35,21 @@ for k in $(seq 0 $((pollers - 1))); do
   echo "$org $(add_client "bench $org" cbo "$org")" >> "$work/tokens"
 done
 status=0
-"$target/release/sdoh-fhir-load" --base "http://127.0.0.1:$http_port/fhir" --json --scenario poll \
-  --tasks "$tasks" --owners "$owners" --token "$loader" --tokens-file "$work/tokens" "${rest[@]}" || status=$?
+poll() {
+  "$target/release/sdoh-fhir-load" --base "http://127.0.0.1:$http_port/fhir" --json --scenario poll \
+    --owners "$owners" --token "$loader" --tokens-file "$work/tokens" "$@" || status=$?
+}
+load="--tasks $tasks"
+args=()
+for a in "${rest[@]}" --then; do
+  if [ "$a" = "--then" ]; then
+    # shellcheck disable=SC2086
+    poll $load "${args[@]}"
+    load="--tasks 0"; args=()
+  else
+    args+=("$a")
+  fi
+done
 echo "{\"backend\":\"$backend\",\"gateway_peak_rss_kb\":$(peak_rss_kb),\"pollers\":$pollers}"
 grep -v '^\s*$' "$work/gateway.log" | tail -5 >&2 || true
 exit "$status"

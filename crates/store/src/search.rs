@@ -919,7 +919,10 @@ macro_rules! run_search {
                 more = true;
             }
         }
-        let total = if query.total {
+        // A first page that holds every match is its own total: no second query.
+        let total = if query.total && compiled.page_sql.is_some() && !more && query.offset == 0 {
+            Some(resources.len() as i64)
+        } else if query.total {
             let n: i64 = bind_all!(sqlx::query(&compiled.count_sql), &compiled.count_binds)
                 .fetch_one($exec)
                 .await?

@@ -73,6 +73,10 @@ struct Args {
     /// (`_history?_since=...`, as the polling CBO)
     #[arg(long, default_value = "task")]
     poll_query: String,
+    /// Poll: `_lastUpdated`/`_since` from `load-start` (a first poll: every loaded Task qualifies) or `load-end`
+    /// (an incremental poll: only what changed since the last one)
+    #[arg(long, default_value = "load-start")]
+    poll_since: String,
     /// Bearer token for loading data (an admin or ehr client) when the server requires authentication
     #[arg(long)]
     token: Option<String>,
@@ -88,6 +92,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !matches!(args.poll_query.as_str(), "task" | "history") {
         bail!("--poll-query must be task or history");
+    }
+    if !matches!(args.poll_since.as_str(), "load-start" | "load-end") {
+        bail!("--poll-since must be load-start or load-end");
     }
     // One thread: the generator shares two cores with the server it measures, so it should take little of them.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -366,6 +373,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => Vec::new(),
     });
+    let poll_since = if args.poll_since == "load-end" { chrono::Utc::now() } else { poll_since };
     let since = poll_since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
     // What the measured phase reads or searches: resource references (read) or Patient references (search).
     let targets: Arc<Vec<String>> = Arc::new(match args.scenario {
@@ -661,6 +669,7 @@ fn report(args: &Args, tally: &mut Tally, elapsed: Duration, setup_s: f64, targe
             report["tasks_loaded"] = json!(args.tasks);
             report["owners"] = json!(args.owners);
             report["poll_query"] = json!(args.poll_query);
+            report["poll_since"] = json!(args.poll_since);
             report["mean_matches_per_poll"] = json!((tally.results as f64 / ok.max(1) as f64 * 100.0).round() / 100.0);
             report["setup_s"] = json!((setup_s * 1000.0).round() / 1000.0);
         }
