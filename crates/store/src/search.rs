@@ -949,6 +949,23 @@ impl Store {
     /// Runs a type-level search: the current, non-deleted resources matching every clause, one page at a time.
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
         let compiled = compile_search(query)?;
+        // PostgreSQL answers the page and the total on two connections at once: a search's latency is then the
+        // longer of the two, not their sum. (SQLite keeps them sequential and skips the count when the first page
+        // holds every match: its readers share two cores with everything else.)
+        if let (crate::Pools::Postgres(pool), Some(page_sql), true) = (self.pools(), &compiled.page_sql, query.total) {
+            let page = async {
+                let rows = bind_all!(sqlx::query(page_sql), &compiled.binds).fetch_all(pool).await?;
+                rows.iter().map(row_to_resource).collect::<Result<Vec<_>>>()
+            };
+            let count = async {
+                let row = bind_all!(sqlx::query(&compiled.count_sql), &compiled.count_binds).fetch_one(pool).await?;
+                Ok::<i64, StoreError>(row.try_get("n")?)
+            };
+            let (mut resources, total) = tokio::try_join!(page, count)?;
+            let more = resources.len() > query.count as usize;
+            resources.truncate(query.count as usize);
+            return Ok(SearchPage { resources, total: Some(total), more });
+        }
         with_read_pool!(self, pool => run_search!(query, &compiled, pool))
     }
 

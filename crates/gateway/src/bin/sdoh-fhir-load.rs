@@ -73,8 +73,9 @@ struct Args {
     /// (`_history?_since=...`, as the polling CBO)
     #[arg(long, default_value = "task")]
     poll_query: String,
-    /// Poll: `_lastUpdated`/`_since` from `load-start` (a first poll: every loaded Task qualifies) or `load-end`
-    /// (an incremental poll: only what changed since the last one)
+    /// Poll: `_lastUpdated`/`_since` from `load-start` (a first poll: every Task this run loads qualifies),
+    /// `all` (the same over data loaded before: since 2000-01-01) or `load-end` (an incremental poll: only what
+    /// changed since the last one)
     #[arg(long, default_value = "load-start")]
     poll_since: String,
     /// Bearer token for loading data (an admin or ehr client) when the server requires authentication
@@ -93,8 +94,8 @@ fn main() -> anyhow::Result<()> {
     if !matches!(args.poll_query.as_str(), "task" | "history") {
         bail!("--poll-query must be task or history");
     }
-    if !matches!(args.poll_since.as_str(), "load-start" | "load-end") {
-        bail!("--poll-since must be load-start or load-end");
+    if !matches!(args.poll_since.as_str(), "load-start" | "all" | "load-end") {
+        bail!("--poll-since must be load-start, all or load-end");
     }
     // One thread: the generator shares two cores with the server it measures, so it should take little of them.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -373,7 +374,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => Vec::new(),
     });
-    let poll_since = if args.poll_since == "load-end" { chrono::Utc::now() } else { poll_since };
+    let poll_since = match args.poll_since.as_str() {
+        "load-end" => chrono::Utc::now(),
+        "all" => chrono::DateTime::from_timestamp(946_684_800, 0).unwrap_or(poll_since),
+        _ => poll_since,
+    };
     let since = poll_since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
     // What the measured phase reads or searches: resource references (read) or Patient references (search).
     let targets: Arc<Vec<String>> = Arc::new(match args.scenario {
