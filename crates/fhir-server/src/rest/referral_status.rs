@@ -8,7 +8,9 @@
 //! a CBO's update through the FHIR API keeps (or drops) the source it read, never makes a new one.
 
 use serde_json::{Value, json};
-use store::{NewJob, StoreError, StoreTx, StoredResource};
+use store::{NewJob, StoreError, StoreTx};
+
+use super::write::NewVersion;
 
 /// Queue of referral status updates: payload `{"resourceType": "Task", "id", "versionId"}`, the version whose
 /// status is to be reported.
@@ -18,16 +20,13 @@ pub const RRI_QUEUE: &str = "rri";
 pub const V2_SOURCE_PREFIX: &str = "https://sdoh-gateway.org/hl7v2/";
 
 /// Queues the RRI job for `version` when it is a status change of a referral Task from an HL7 v2 REF.
-pub(super) async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<(), StoreError> {
+pub(super) async fn after_change(tx: &mut StoreTx, change: &NewVersion<'_>) -> Result<(), StoreError> {
+    let version = change.version;
     if version.resource_type != "Task" || version.deleted || version.version_id < 2 {
         return Ok(());
     }
-    let Some(task) = parse(version.content.as_deref()) else { return Ok(()) };
-    let Some(previous) = tx.vread("Task", &version.id, version.version_id - 1).await? else { return Ok(()) };
-    if previous.deleted {
-        return Ok(());
-    }
-    let previous = parse(previous.content.as_deref()).unwrap_or(Value::Null);
+    let Some(task) = change.current() else { return Ok(()) };
+    let Some(previous) = change.previous(tx).await? else { return Ok(()) };
     if task.get("status") == previous.get("status") {
         return Ok(());
     }

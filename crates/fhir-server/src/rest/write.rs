@@ -117,7 +117,9 @@ async fn write_version(
     if let Some(content) = &triggers {
         check_references_in_scope(tx, caller, content, written.created).await?;
     }
-    after_change(tx, &written.resource, triggers.as_ref()).await?;
+    // `before` was read for every Task and every client's write; otherwise the hooks find the previous version.
+    let previous = needs_before.then_some(before.as_ref());
+    after_change(tx, NewVersion { version: &written.resource, content: triggers.as_ref(), previous }).await?;
     Ok(written)
 }
 
@@ -160,9 +162,45 @@ pub async fn create_all_as(
         check_references_in_scope(tx, caller, content, true).await?;
     }
     for (w, content) in written.iter().zip(&triggers) {
-        after_change(tx, &w.resource, content.as_ref()).await?;
+        after_change(tx, NewVersion { version: &w.resource, content: content.as_ref(), previous: Some(None) }).await?;
     }
     Ok(written)
+}
+
+/// What the write path knows of a change, for what the change triggers: the hooks use what the writer already read
+/// and parsed instead of reading and parsing it again.
+pub(crate) struct NewVersion<'a> {
+    pub version: &'a StoredResource,
+    /// The written resource, when the writer kept it (Tasks and ServiceRequests); `None` for a deletion.
+    pub content: Option<&'a Value>,
+    /// The live version before the write, when the writer read it (`Some(None)`: there was none).
+    pub previous: Option<Option<&'a Value>>,
+}
+
+impl NewVersion<'_> {
+    /// The written resource: as kept by the writer, or parsed from the stored version.
+    pub fn current(&self) -> Option<std::borrow::Cow<'_, Value>> {
+        match self.content {
+            Some(content) => Some(std::borrow::Cow::Borrowed(content)),
+            None => {
+                self.version.content.as_deref().and_then(|c| serde_json::from_str(c).ok()).map(std::borrow::Cow::Owned)
+            }
+        }
+    }
+
+    /// The live version before the write: as read by the writer, or from history.
+    pub async fn previous(&self, tx: &mut StoreTx) -> Result<Option<std::borrow::Cow<'_, Value>>, StoreError> {
+        if let Some(previous) = self.previous {
+            return Ok(previous.map(std::borrow::Cow::Borrowed));
+        }
+        let version = self.version;
+        if version.version_id < 2 {
+            return Ok(None);
+        }
+        let stored = tx.vread(&version.resource_type, &version.id, version.version_id - 1).await?;
+        let parsed = stored.filter(|s| !s.deleted).and_then(|s| serde_json::from_str(s.content.as_deref()?).ok());
+        Ok(parsed.map(std::borrow::Cow::Owned))
+    }
 }
 
 /// Logically deletes a resource on the gateway's own behalf; see [`delete_as`].
@@ -201,7 +239,7 @@ pub async fn delete_as(
             "ServiceRequest" => referral::after_service_request_write(tx, id).await?,
             _ => {}
         }
-        after_change(tx, tombstone, None).await?;
+        after_change(tx, NewVersion { version: tombstone, content: None, previous: None }).await?;
     }
     Ok(deleted)
 }
@@ -298,9 +336,10 @@ async fn grant_to_author(tx: &mut StoreTx, caller: &Caller, version: &StoredReso
 /// queued work. A QuestionnaireResponse is normalized into screening Observations and health concerns whichever
 /// way it arrived (REST, Bundle, HL7 v2 conversion); a referral Task from an HL7 v2 REF reports its status changes
 /// back to the referring EHR; a change to what a subscription topic is about records that subscription's
-/// events ([`crate::subscriptions::after_change`]). `content` is the written resource (`None` for a deletion).
-async fn after_change(tx: &mut StoreTx, version: &StoredResource, content: Option<&Value>) -> Result<(), StoreError> {
-    match (version.resource_type.as_str(), content) {
+/// events ([`crate::subscriptions::after_change`]).
+async fn after_change(tx: &mut StoreTx, change: NewVersion<'_>) -> Result<(), StoreError> {
+    let version = change.version;
+    match (version.resource_type.as_str(), change.content) {
         ("Task", Some(task)) => referral::after_task_write(tx, &version.id, task).await?,
         ("ServiceRequest", Some(_)) => referral::after_service_request_write(tx, &version.id).await?,
         _ => {}
@@ -313,7 +352,7 @@ async fn after_change(tx: &mut StoreTx, version: &StoredResource, content: Optio
         });
         tx.enqueue(&NewJob::new(NORMALIZE_QUEUE, payload.to_string())).await?;
     }
-    super::referral_status::after_change(tx, version).await?;
+    super::referral_status::after_change(tx, &change).await?;
     super::membership::after_change(tx, version).await?;
-    crate::subscriptions::after_change(tx, version).await
+    crate::subscriptions::after_change(tx, &change).await
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use store::{NewJob, StoreError, StoreTx, StoredResource, SubscriptionSpec, Timestamp};
 
 use crate::auth::{Caller, Role};
+use crate::rest::write::NewVersion;
 use crate::rest::{FhirError, IssueType};
 
 pub use operations::events_operation;
@@ -191,7 +192,8 @@ pub async fn focus_visible_to(tx: &mut StoreTx, organization: &str, focus: &Valu
 
 /// Called by the write path for every new version (a deletion is a version without content): keeps the delivery
 /// state of a written Subscription, and records the events a change to a topic's focus type causes.
-pub async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<(), StoreError> {
+pub(crate) async fn after_change(tx: &mut StoreTx, change: &NewVersion<'_>) -> Result<(), StoreError> {
+    let version = change.version;
     if version.resource_type == "Subscription" {
         return subscription_written(tx, version).await;
     }
@@ -202,12 +204,9 @@ pub async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<
     if listening.is_empty() {
         return Ok(());
     }
-    let parse = |r: &StoredResource| r.content.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok());
-    let current = parse(version);
-    let previous = match version.version_id {
-        1 => None,
-        v => tx.vread(&version.resource_type, &version.id, v - 1).await?.as_ref().and_then(parse),
-    };
+    let current = change.current();
+    let previous = change.previous(tx).await?;
+    let (current, previous) = (current.as_deref(), previous.as_deref());
     let interaction = match (&previous, &current) {
         (None, Some(_)) => topics::Interaction::Create,
         (Some(_), Some(_)) => topics::Interaction::Update,
@@ -215,12 +214,12 @@ pub async fn after_change(tx: &mut StoreTx, version: &StoredResource) -> Result<
         (None, None) => return Ok(()),
     };
     // Filters and visibility look at what the resource is (or, once deleted, was).
-    let Some(focus) = current.as_ref().or(previous.as_ref()) else { return Ok(()) };
+    let Some(focus) = current.or(previous) else { return Ok(()) };
     let now = Timestamp::now();
     for subscription in listening {
         let spec = &subscription.spec;
         let Some(topic) = topics::get(&spec.topic) else { continue };
-        if !topic.triggered(interaction, previous.as_ref(), current.as_ref()) {
+        if !topic.triggered(interaction, previous, current) {
             continue;
         }
         let filters_pass = spec.filters.iter().all(|text| match spec::parse_filter(topic, text) {
