@@ -219,18 +219,37 @@ impl Store {
 
     /// Whether `scope` may see the resource (always for [`Scope::All`] and for directory entries).
     pub async fn visible(&self, scope: &Scope, resource_type: &str, id: &str) -> Result<bool> {
-        let Some(org) = scope.organization() else {
-            return Ok(true);
+        let (sql, org) = match grant_check(scope, resource_type, false) {
+            GrantCheck::Answer(answer) => return Ok(answer),
+            GrantCheck::Query { sql, organization } => (sql, organization),
         };
-        if DIRECTORY_TYPES.contains(&resource_type) {
-            return Ok(true);
-        }
-        let sql =
-            "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 LIMIT 1";
         with_read_pool!(self, pool => {
             Ok(sqlx::query(sql).bind(org).bind(resource_type).bind(id).fetch_optional(pool).await?.is_some())
         })
     }
+}
+
+/// How a grant check is decided: by the rules alone, or by a query on `access_grants` (`$1` organization, `$2`
+/// type, `$3` id).
+enum GrantCheck<'a> {
+    Answer(bool),
+    Query { sql: &'static str, organization: &'a str },
+}
+
+/// Everything is visible to [`Scope::All`] and the directory to every scope; otherwise a grant decides (with
+/// `authored_only`, one the organization holds because it created the resource).
+fn grant_check<'a>(scope: &'a Scope, resource_type: &str, authored_only: bool) -> GrantCheck<'a> {
+    let Some(organization) = scope.organization() else { return GrantCheck::Answer(true) };
+    if authored_only {
+        let sql = "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 \
+                   AND via_task = ''";
+        return GrantCheck::Query { sql, organization };
+    }
+    if DIRECTORY_TYPES.contains(&resource_type) {
+        return GrantCheck::Answer(true);
+    }
+    let sql = "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 LIMIT 1";
+    GrantCheck::Query { sql, organization }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -248,26 +267,19 @@ pub struct Grant {
 impl StoreTx {
     /// Whether `scope` may see the resource, inside this transaction (sees its own grants).
     pub async fn visible(&mut self, scope: &Scope, resource_type: &str, id: &str) -> Result<bool> {
-        let Some(org) = scope.organization() else {
-            return Ok(true);
-        };
-        if DIRECTORY_TYPES.contains(&resource_type) {
-            return Ok(true);
-        }
-        let sql =
-            "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 LIMIT 1";
-        with_tx_conn!(self, conn => {
-            Ok(sqlx::query(sql).bind(org).bind(resource_type).bind(id).fetch_optional(&mut *conn).await?.is_some())
-        })
+        self.check_grant(grant_check(scope, resource_type, false), resource_type, id).await
     }
 
     /// Whether the scope's organization created the resource (a grant not made through a Task).
     pub async fn authored(&mut self, scope: &Scope, resource_type: &str, id: &str) -> Result<bool> {
-        let Some(org) = scope.organization() else {
-            return Ok(true);
+        self.check_grant(grant_check(scope, resource_type, true), resource_type, id).await
+    }
+
+    async fn check_grant(&mut self, check: GrantCheck<'_>, resource_type: &str, id: &str) -> Result<bool> {
+        let (sql, org) = match check {
+            GrantCheck::Answer(answer) => return Ok(answer),
+            GrantCheck::Query { sql, organization } => (sql, organization),
         };
-        let sql = "SELECT 1 AS one FROM access_grants WHERE organization = $1 AND resource_type = $2 AND id = $3 \
-                   AND via_task = ''";
         with_tx_conn!(self, conn => {
             Ok(sqlx::query(sql).bind(org).bind(resource_type).bind(id).fetch_optional(&mut *conn).await?.is_some())
         })
