@@ -9,31 +9,13 @@ mod support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::mllp::{field, send};
 use support::*;
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Polls `probe` until it yields a value or the deadline passes.
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, _, body) = http(addr, "GET", path, None);
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).expect("JSON")
-}
+const DEADLINE: Duration = WAIT_DEADLINE;
 
 /// A conformance message with its MSH-10 replaced and other text substituted.
 fn message(name: &str, control_id: &str, replace: &[(&str, &str)]) -> Vec<u8> {

@@ -7,7 +7,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
@@ -173,14 +173,6 @@ fn serve_notifications(stream: std::net::TcpStream, sink: &Mutex<Vec<Value>>) {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
 
 /// A CBO's subscription to its own referral Tasks (the IG's Task topic), full-resource payloads.
@@ -296,7 +288,9 @@ fn referral_lifecycle(db_url: &str) {
         let (status, created) = api.call(who, "POST", "/fhir/Subscription", Some(&request));
         assert_eq!(status, 201, "{created}");
         let id = created["id"].as_str().unwrap().to_owned();
-        wait_until("the handshake", || api.get(who, &format!("/fhir/Subscription/{id}")).1["status"] == "active");
+        wait_for("the handshake", || {
+            (api.get(who, &format!("/fhir/Subscription/{id}")).1["status"] == "active").then_some(())
+        });
         subscriptions.push(id);
     }
     let foreign = own_tasks_subscription("Organization/cbo-a", &receiver_b.endpoint());
@@ -468,7 +462,7 @@ fn referral_lifecycle(db_url: &str) {
         .enumerate()
         .map(|(i, s)| (i as i64 + 1, (*s).to_owned()))
         .collect();
-    wait_until("CBO A's notifications", || receiver_a.task_statuses().len() >= expected.len());
+    wait_for("CBO A's notifications", || (receiver_a.task_statuses().len() >= expected.len()).then_some(()));
     assert_eq!(receiver_a.task_statuses(), expected);
     assert_eq!(receiver_b.count("event-notification"), 0, "CBO B never hears of CBO A's referral");
     assert_eq!(receiver_b.count("handshake"), 1);

@@ -119,6 +119,28 @@ pub fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, Stri
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// How long a test waits for something the gateway does in the background.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `probe` until it yields a value, failing the test after [`WAIT_DEADLINE`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT_DEADLINE;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET path`, asserting 200, as JSON.
+pub fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, _, body) = http(addr, "GET", path, None);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
 /// A minimal HTTP/1.1 exchange over a fresh connection: (status, headers, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
     http_with(addr, method, path, &[], body)
