@@ -4,6 +4,9 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
+use crate::listing::Listing;
+use crate::search::{Bind, bind_all};
+
 use crate::jobs::NewJob;
 use crate::time::Timestamp;
 use crate::tx::{StoreTx, with_tx_conn};
@@ -268,45 +271,27 @@ impl Store {
 
     /// Journal entries (never bodies), newest first.
     pub async fn journal_list(&self, query: &JournalQuery) -> Result<Vec<JournalEntry>> {
-        let mut sql = format!(
+        let mut listing = Listing::new(format!(
             "SELECT {ENTRY_COLUMNS}, CAST(LENGTH(raw) AS BIGINT) AS size_bytes FROM message_journal WHERE 1 = 1"
-        );
-        let mut texts: Vec<String> = Vec::new();
-        let mut numbers: Vec<i64> = Vec::new();
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            n
-        };
+        ));
         if let Some(status) = query.status {
-            sql += &format!(" AND status = ${}", next());
-            texts.push(status.as_str().to_owned());
+            listing.text("status =", status.as_str());
         }
         if let Some(t) = &query.message_type {
-            sql += &format!(" AND message_type = ${}", next());
-            texts.push(t.clone());
+            listing.text("message_type =", t.as_str());
         }
-        for (op, value) in [(">=", query.since), ("<=", query.until)] {
+        for (left, value) in [("received_us >=", query.since), ("received_us <=", query.until)] {
             if let Some(v) = value {
-                sql += &format!(" AND received_us {op} ${}", next());
-                numbers.push(v.micros());
+                listing.number(left, v.micros());
             }
         }
         if let Some(before) = query.before_id {
-            sql += &format!(" AND id < ${}", next());
-            numbers.push(before);
+            listing.number("id <", before);
         }
-        sql += &format!(" ORDER BY id DESC LIMIT ${}", next());
-        numbers.push(i64::from(query.limit.clamp(1, 10_000)));
+        let sql = listing.newest_first("id", i64::from(query.limit.clamp(1, 10_000)));
         with_read_pool!(self, pool => {
-            let mut q = sqlx::query(&sql);
-            for t in &texts {
-                q = q.bind(t.as_str());
-            }
-            for v in &numbers {
-                q = q.bind(*v);
-            }
-            q.fetch_all(pool).await?.iter().map(row_to_entry).collect()
+            let rows = bind_all!(sqlx::query(&sql), &listing.binds).fetch_all(pool).await?;
+            rows.iter().map(row_to_entry).collect()
         })
     }
 

@@ -8,6 +8,7 @@ mod access;
 mod error;
 mod jobs;
 mod journal;
+mod listing;
 mod outbound;
 mod registries;
 mod resources;

@@ -5,6 +5,9 @@
 
 use sqlx::Row;
 
+use crate::listing::Listing;
+use crate::search::{Bind, bind_all};
+
 use crate::time::Timestamp;
 use crate::tx::{StoreTx, with_tx_conn};
 use crate::{Result, Store, with_read_pool, with_write_pool};
@@ -247,37 +250,21 @@ impl Store {
 
     /// Logged messages, newest first, without the receivers' texts.
     pub async fn outbound_list(&self, query: &OutboundQuery) -> Result<Vec<OutboundRecord>> {
-        let mut sql = format!("SELECT {COLUMNS}, NULL AS ack_text FROM outbound_messages WHERE 1 = 1");
-        let mut texts: Vec<String> = Vec::new();
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            n
-        };
+        let mut listing =
+            Listing::new(format!("SELECT {COLUMNS}, NULL AS ack_text FROM outbound_messages WHERE 1 = 1"));
         if let Some(state) = query.state {
-            sql += &format!(" AND state = ${}", next());
-            texts.push(state.as_str().to_owned());
+            listing.text("state =", state.as_str());
         }
         if let Some(destination) = &query.destination {
-            sql += &format!(" AND destination = ${}", next());
-            texts.push(destination.clone());
+            listing.text("destination =", destination.as_str());
         }
-        let mut numbers = Vec::new();
         if let Some(before) = query.before_id {
-            sql += &format!(" AND id < ${}", next());
-            numbers.push(before);
+            listing.number("id <", before);
         }
-        sql += &format!(" ORDER BY id DESC LIMIT ${}", next());
-        numbers.push(i64::from(query.limit.clamp(1, 10_000)));
+        let sql = listing.newest_first("id", i64::from(query.limit.clamp(1, 10_000)));
         with_read_pool!(self, pool => {
-            let mut q = sqlx::query(&sql);
-            for t in &texts {
-                q = q.bind(t.as_str());
-            }
-            for v in &numbers {
-                q = q.bind(*v);
-            }
-            q.fetch_all(pool).await?.iter().map(row_to_record).collect()
+            let rows = bind_all!(sqlx::query(&sql), &listing.binds).fetch_all(pool).await?;
+            rows.iter().map(row_to_record).collect()
         })
     }
 

@@ -3,6 +3,9 @@
 use serde_json::Value;
 use sqlx::Row;
 
+use crate::listing::Listing;
+use crate::search::{Bind, bind_all};
+
 use crate::time::{Timestamp, format_instant};
 use crate::tx::{StoreTx, TxInner, with_tx_conn};
 use crate::{Result, Store, StoreError, with_read_pool};
@@ -407,43 +410,24 @@ impl Store {
         if query.scope.organization().is_some() {
             return crate::search::scoped_history(self, query).await;
         }
-        let mut sql = format!("SELECT seq, {SELECT_COLUMNS} FROM resource_history WHERE 1 = 1");
-        let mut texts: Vec<&str> = Vec::new();
-        let mut numbers: Vec<i64> = Vec::new();
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            n
-        };
+        let mut listing = Listing::new(format!("SELECT seq, {SELECT_COLUMNS} FROM resource_history WHERE 1 = 1"));
         if let Some(t) = &query.resource_type {
-            sql += &format!(" AND resource_type = ${}", next());
-            texts.push(t);
+            listing.text("resource_type =", t.as_str());
         }
         if let Some(id) = &query.id {
-            sql += &format!(" AND id = ${}", next());
-            texts.push(id);
+            listing.text("id =", id.as_str());
         }
-        for (op, value) in [(">=", query.since.map(Timestamp::micros)), ("<=", query.until.map(Timestamp::micros))] {
+        for (left, value) in [("last_updated_us >=", query.since), ("last_updated_us <=", query.until)] {
             if let Some(v) = value {
-                sql += &format!(" AND last_updated_us {op} ${}", next());
-                numbers.push(v);
+                listing.number(left, v.micros());
             }
         }
         if let Some(cursor) = query.before_seq {
-            sql += &format!(" AND seq < ${}", next());
-            numbers.push(cursor);
+            listing.number("seq <", cursor);
         }
-        sql += &format!(" ORDER BY seq DESC LIMIT ${}", next());
-        numbers.push(i64::from(query.limit.max(1)));
+        let sql = listing.newest_first("seq", i64::from(query.limit.max(1)));
         with_read_pool!(self, pool => {
-            let mut q = sqlx::query(&sql);
-            for t in &texts {
-                q = q.bind(*t);
-            }
-            for v in &numbers {
-                q = q.bind(*v);
-            }
-            let rows = q.fetch_all(pool).await?;
+            let rows = bind_all!(sqlx::query(&sql), &listing.binds).fetch_all(pool).await?;
             rows.iter()
                 .map(|row| Ok(HistoryEntry { seq: row.try_get("seq")?, resource: row_to_resource(row)? }))
                 .collect()

@@ -161,7 +161,7 @@ impl IndexEntry {
 
 /// A value bound to a `$N` placeholder.
 #[derive(Debug, Clone)]
-enum Bind {
+pub(crate) enum Bind {
     Text(String),
     OptText(Option<String>),
     Int(i64),
@@ -187,6 +187,7 @@ macro_rules! bind_all {
         q
     }};
 }
+pub(crate) use bind_all;
 
 impl StoreTx {
     /// Replaces the index rows of `resource_type/id` with `rows`, inside this transaction. Call it after `put`;
