@@ -55,6 +55,8 @@ fn describe_metrics() {
     describe_histogram!("fhir_create_commit_seconds", "Duration of one group commit of FHIR creates");
     describe_gauge!("db_pool_connections", "Database pool connections, by pool and state (idle, busy)");
     describe_gauge!("db_pool_max_connections", "Database pool size limit, by pool");
+    describe_counter!("db_commits_total", "SQLite commits made durable by the group WAL sync");
+    describe_counter!("db_wal_syncs_total", "WAL fsyncs of the group sync (commits per fsync = the ratio)");
     describe_gauge!("db_up", "1 when the database answered the last scrape's queries, else 0");
     describe_gauge!("jobs", "Background jobs by queue and state (ready, leased, dead); completed jobs are removed");
     describe_gauge!("hl7_journal_messages", "Journaled HL7 v2 messages by processing status");
@@ -112,6 +114,10 @@ pub async fn refresh_scrape_gauges(store: &store::Store) {
         metrics::gauge!("db_pool_connections", "pool" => pool.name, "state" => "busy")
             .set(f64::from(pool.size.saturating_sub(pool.idle)));
         metrics::gauge!("db_pool_max_connections", "pool" => pool.name).set(f64::from(pool.max));
+    }
+    if let Some(sync) = store.commit_sync_stats() {
+        metrics::counter!("db_commits_total").absolute(sync.commits);
+        metrics::counter!("db_wal_syncs_total").absolute(sync.syncs);
     }
     let counts = tokio::time::timeout(std::time::Duration::from_secs(2), store.job_counts()).await;
     match counts {

@@ -15,7 +15,7 @@ use sqlx::Row;
 
 use crate::time::Timestamp;
 use crate::tx::{StoreTx, with_tx_conn};
-use crate::{Result, Store, StoreError, with_read_pool, with_write_pool};
+use crate::{Result, Store, StoreError, autocommit, with_read_pool};
 
 /// Which rows a read may return.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -136,7 +136,7 @@ impl Store {
         let created = Timestamp::now();
         let sql = "INSERT INTO api_clients (client_id, name, role, organization, secret_sha256, created_us) \
                    VALUES ($1, $2, $3, $4, $5, $6)";
-        with_write_pool!(self, pool => {
+        autocommit!(self, pool => {
             sqlx::query(sql)
                 .bind(&client_id)
                 .bind(name)
@@ -170,7 +170,7 @@ impl Store {
     /// Revokes a client; `false` when no such live client exists.
     pub async fn revoke_client(&self, client_id: &str) -> Result<bool> {
         let sql = "UPDATE api_clients SET revoked_us = $1 WHERE client_id = $2 AND revoked_us IS NULL";
-        let done = with_write_pool!(self, pool => {
+        let done = autocommit!(self, pool => {
             sqlx::query(sql).bind(Timestamp::now().micros()).bind(client_id).execute(pool).await?.rows_affected()
         });
         Ok(done == 1)

@@ -10,7 +10,7 @@ use sqlx::Row;
 
 use crate::time::Timestamp;
 use crate::tx::{StoreTx, with_tx_conn};
-use crate::{Pools, Result, Store, StoreError, with_read_pool, with_write_pool};
+use crate::{Pools, Result, Store, StoreError, autocommit, with_read_pool};
 
 /// A job to be queued.
 #[derive(Debug, Clone)]
@@ -346,7 +346,7 @@ impl Store {
     /// Records a failed attempt: retried after a backoff delay, or dead-lettered after the last attempt.
     pub async fn fail(&self, job: &Job, error: &str, backoff: &Backoff) -> Result<FailOutcome> {
         let (sql, outcome, run_at, error) = fail_statement(job, error, backoff);
-        let updated = with_write_pool!(self, pool => {
+        let updated = autocommit!(self, pool => {
             sqlx::query(sql)
                 .bind(job.id)
                 .bind(job.lease_token)
@@ -362,7 +362,7 @@ impl Store {
     /// Extends a lease held by a worker that needs longer than planned.
     pub async fn extend_lease(&self, job: &mut Job, lease: Duration) -> Result<()> {
         let until = Timestamp::now().micros().saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
-        let updated = with_write_pool!(self, pool => {
+        let updated = autocommit!(self, pool => {
             sqlx::query("UPDATE jobs SET lease_until_us = $3 WHERE id = $1 AND lease_token = $2 AND state = 'leased'")
                 .bind(job.id)
                 .bind(job.lease_token)
@@ -381,7 +381,7 @@ impl Store {
 
     /// Puts a dead-lettered job back in its queue with a fresh set of attempts. Returns false if it was not dead.
     pub async fn requeue_dead(&self, job_id: i64) -> Result<bool> {
-        let updated = with_write_pool!(self, pool => {
+        let updated = autocommit!(self, pool => {
             sqlx::query(
                 "UPDATE jobs SET state = 'ready', attempts = 0, run_at_us = $2, last_error = NULL \
                  WHERE id = $1 AND state = 'dead'",

@@ -5,6 +5,7 @@
 //! claims jobs with `FOR UPDATE SKIP LOCKED`, so any number of gateway replicas can share one database.
 
 mod access;
+mod durability;
 mod error;
 mod jobs;
 mod journal;
@@ -112,12 +113,39 @@ struct Inner {
     pools: Pools,
     /// Wakes local workers when a job is committed, so they need not wait for their next poll.
     job_notify: Notify,
+    /// SQLite at full durability: commits are synced after the write lock is released (see `durability`).
+    wal_sync: Option<durability::WalSync>,
 }
 
 /// A handle to the database; cheap to clone and share between tasks.
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+}
+
+/// A commit that is visible but perhaps not yet durable (see [`StoreTx::commit_visible`]).
+#[derive(Debug)]
+#[must_use = "a commit is acknowledged only once durable() returns"]
+pub struct CommitTicket {
+    store: Store,
+    ticket: Option<u64>,
+}
+
+impl CommitTicket {
+    /// Returns once the commit is on disk (at once where the commit itself already synced).
+    pub async fn durable(self) -> Result<()> {
+        match (&self.store.inner.wal_sync, self.ticket) {
+            (Some(sync), Some(ticket)) => sync.durable(ticket).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Commits and the WAL fsyncs that made them durable, since the store opened (SQLite at full durability).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitSyncStats {
+    pub commits: u64,
+    pub syncs: u64,
 }
 
 /// Connection pool figures for the metrics endpoint.
@@ -133,11 +161,11 @@ impl Store {
     /// Opens the database named by `options.url`, creating an SQLite file (and its folder) if missing.
     /// Does not migrate; call [`Store::migrate`].
     pub async fn connect(options: &StoreOptions) -> Result<Store> {
-        let pools = match BackendKind::from_url(&options.url)? {
+        let (pools, wal_sync) = match BackendKind::from_url(&options.url)? {
             BackendKind::Sqlite => connect_sqlite(options).await?,
-            BackendKind::Postgres => connect_postgres(options).await?,
+            BackendKind::Postgres => (connect_postgres(options).await?, None),
         };
-        Ok(Store { inner: Arc::new(Inner { pools, job_notify: Notify::new() }) })
+        Ok(Store { inner: Arc::new(Inner { pools, job_notify: Notify::new(), wal_sync }) })
     }
 
     pub fn backend(&self) -> BackendKind {
@@ -149,6 +177,23 @@ impl Store {
 
     pub(crate) fn pools(&self) -> &Pools {
         &self.inner.pools
+    }
+
+    /// Called once a write transaction (or an autocommit write) has committed: returns when it is durable. On
+    /// SQLite at full durability that is the group fsync of the WAL; otherwise the commit already was.
+    pub(crate) async fn commit_done(&self) -> Result<()> {
+        self.committed().durable().await
+    }
+
+    /// How many commits shared each WAL fsync; `None` where commits sync themselves (PostgreSQL, or SQLite at
+    /// `normal` durability, which does not sync commits at all).
+    pub fn commit_sync_stats(&self) -> Option<CommitSyncStats> {
+        self.inner.wal_sync.as_ref().map(durability::WalSync::stats)
+    }
+
+    /// Counts a commit that just returned, for a caller that waits for its durability later.
+    pub(crate) fn committed(&self) -> CommitTicket {
+        CommitTicket { store: self.clone(), ticket: self.inner.wal_sync.as_ref().map(durability::WalSync::committed) }
     }
 
     /// Brings the schema up to date. Safe to run from several replicas at once on PostgreSQL (sqlx takes an
@@ -322,15 +367,14 @@ async fn install_sqlite_statistics(write: &SqlitePool) -> Result<()> {
     Ok(())
 }
 
-async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
+async fn connect_sqlite(options: &StoreOptions) -> Result<(Pools, Option<durability::WalSync>)> {
+    // Full durability syncs the WAL after each commit, outside the write lock (`durability`); SQLite itself runs
+    // at NORMAL either way.
     let base = SqliteConnectOptions::from_str(&options.url)
         .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(match options.sqlite_durability {
-            SqliteDurability::Full => SqliteSynchronous::Full,
-            SqliteDurability::Normal => SqliteSynchronous::Normal,
-        })
+        .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(options.acquire_timeout)
         .pragma("temp_store", "memory")
@@ -342,9 +386,10 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
         // small instead of growing to gigabytes (which slows every read that has to consult it).
         .pragma("wal_autocheckpoint", "4096");
     let path = base.get_filename();
-    if path != std::path::Path::new(":memory:")
-        && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-    {
+    let in_memory = path == std::path::Path::new(":memory:");
+    let wal_sync =
+        (options.sqlite_durability == SqliteDurability::Full && !in_memory).then(|| durability::WalSync::new(path));
+    if !in_memory && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
     }
@@ -368,7 +413,7 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<Pools> {
         Ok::<_, sqlx::Error>(Pools::Sqlite { read, write })
     };
     match tokio::time::timeout(options.connect_timeout, connect).await {
-        Ok(result) => result.map_err(StoreError::from),
+        Ok(result) => Ok((result?, wal_sync)),
         Err(_) => Err(StoreError::Unavailable(format!("no connection within {:?}", options.connect_timeout))),
     }
 }
@@ -407,7 +452,17 @@ macro_rules! with_write_pool {
     };
 }
 
-pub(crate) use {with_read_pool, with_write_pool};
+/// A write outside a transaction (one statement, its own commit): as [`with_write_pool`], then waits until the
+/// write is durable like [`StoreTx::commit`] does.
+macro_rules! autocommit {
+    ($store:expr, $pool:ident => $body:expr) => {{
+        let outcome = $crate::with_write_pool!($store, $pool => $body);
+        $store.commit_done().await?;
+        outcome
+    }};
+}
+
+pub(crate) use {autocommit, with_read_pool, with_write_pool};
 
 /// Raw statements for tests and tools that set up databases (schemas, fixtures). Not for request paths.
 pub mod testing {

@@ -10,7 +10,7 @@ use crate::search::{Bind, bind_all};
 
 use crate::time::Timestamp;
 use crate::tx::{StoreTx, with_tx_conn};
-use crate::{Result, Store, with_read_pool, with_write_pool};
+use crate::{Result, Store, autocommit, with_read_pool};
 
 /// Where an outbound message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,7 +209,7 @@ impl Store {
     /// attempt's outcome is recorded with the job's completion or failure.
     pub async fn log_outbound_sending(&self, job_id: i64, attempt: i32) -> Result<()> {
         let now = Timestamp::now().micros();
-        with_write_pool!(self, pool => {
+        autocommit!(self, pool => {
             sqlx::query(
                 "UPDATE outbound_messages SET state = 'sent', attempts = $2, sent_us = $3, updated_us = $3 \
                  WHERE job_id = $1 AND state <> 'acknowledged'",
@@ -234,7 +234,7 @@ impl Store {
             return Ok(0);
         }
         let now = Timestamp::now().micros();
-        let updated = with_write_pool!(self, pool => {
+        let updated = autocommit!(self, pool => {
             sqlx::query(
                 "UPDATE outbound_messages SET state = 'dead', updated_us = $1, last_error = COALESCE((SELECT \
                  j.last_error FROM jobs j WHERE j.id = outbound_messages.job_id), last_error) \

@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use crate::time::Timestamp;
 use crate::tx::{StoreTx, with_tx_conn};
-use crate::{Result, Store, StoredResource, with_read_pool, with_write_pool};
+use crate::{Result, Store, StoredResource, autocommit, with_read_pool};
 
 /// A patient's standing in one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,7 +376,7 @@ impl Store {
         const SQL: &str = "UPDATE bulk_exports SET status = $2, progress = COALESCE($3, progress), \
              manifest = COALESCE($4, manifest), error = COALESCE($5, error), expires_us = COALESCE($6, expires_us) \
              WHERE id = $1 AND status IN ('queued', 'running')";
-        with_write_pool!(self, pool => {
+        autocommit!(self, pool => {
             let done = sqlx::query(SQL)
                 .bind(id)
                 .bind(status.as_str())
@@ -394,7 +394,7 @@ impl Store {
     /// export.
     pub async fn cancel_export(&self, id: &str, forget_at: Timestamp) -> Result<bool> {
         const SQL: &str = "UPDATE bulk_exports SET status = 'cancelled', expires_us = $2 WHERE id = $1";
-        with_write_pool!(self, pool => {
+        autocommit!(self, pool => {
             Ok(sqlx::query(SQL).bind(id).bind(forget_at.micros()).execute(pool).await?.rows_affected() == 1)
         })
     }
@@ -409,7 +409,7 @@ impl Store {
 
     /// Forgets an export.
     pub async fn delete_export(&self, id: &str) -> Result<()> {
-        with_write_pool!(self, pool => {
+        autocommit!(self, pool => {
             sqlx::query("DELETE FROM bulk_exports WHERE id = $1").bind(id).execute(pool).await?;
             Ok(())
         })

@@ -27,16 +27,24 @@ impl StoreTx {
     }
 
     /// Makes every write durable (per the backend's durability settings) and wakes local workers for new jobs.
-    pub async fn commit(mut self) -> Result<()> {
+    pub async fn commit(self) -> Result<()> {
+        self.commit_visible().await?.durable().await
+    }
+
+    /// Commits, releasing the write lock, and returns before the commit is durable: the caller acknowledges it only
+    /// after [`CommitTicket::durable`], and meanwhile can start the next transaction, whose writes overlap this
+    /// one's fsync (see `durability`).
+    pub async fn commit_visible(mut self) -> Result<crate::CommitTicket> {
         self.flush_index().await?;
         match self.inner {
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Postgres(tx) => tx.commit().await?,
         }
+        let ticket = self.store.committed();
         if self.enqueued_jobs {
             self.store.notify_jobs();
         }
-        Ok(())
+        Ok(ticket)
     }
 
     pub async fn rollback(self) -> Result<()> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
-use store::{Store, Written};
+use store::{CommitTicket, Store, Written};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{FhirError, write};
@@ -103,11 +103,15 @@ async fn commit_batch(store: &Store, batch: &mut Vec<Pending>) {
     let resources = creates;
     metrics::histogram!("fhir_create_batch_size").record(resources.len() as f64);
     match write_all(store, &resources).await {
-        Ok(written) => {
+        Ok((written, ticket)) => {
             metrics::histogram!("fhir_create_commit_seconds").record(started.elapsed().as_secs_f64());
-            for (reply, written) in replies.into_iter().zip(written) {
-                let _ = reply.send(Ok(written));
-            }
+            // The next batch writes while this one's commit is synced; its clients hear back once it is durable.
+            tokio::spawn(async move {
+                let durable = ticket.durable().await.map_err(FhirError::from);
+                for (reply, written) in replies.into_iter().zip(written) {
+                    let _ = reply.send(durable.clone().map(|()| written));
+                }
+            });
         }
         Err(e) if e.is_transient() || resources.len() == 1 => {
             let error = FhirError::from(e);
@@ -120,17 +124,21 @@ async fn commit_batch(store: &Store, batch: &mut Vec<Pending>) {
             // culprit's client gets the error.
             tracing::warn!(error = %e, resources = resources.len(), "create batch failed; retrying one by one");
             for (resource, reply) in resources.into_iter().zip(replies) {
-                let outcome = write_all(store, std::slice::from_ref(&resource))
-                    .await
-                    .map(|mut w| w.remove(0))
-                    .map_err(FhirError::from);
-                let _ = reply.send(outcome);
+                let outcome = match write_all(store, std::slice::from_ref(&resource)).await {
+                    Ok((mut written, ticket)) => ticket.durable().await.map(|()| written.remove(0)),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(outcome.map_err(FhirError::from));
             }
         }
     }
 }
 
-async fn write_all(store: &Store, resources: &[(Caller, Value)]) -> Result<Vec<Written>, store::StoreError> {
+/// Writes and commits a batch; the ticket says when the commit is durable.
+async fn write_all(
+    store: &Store,
+    resources: &[(Caller, Value)],
+) -> Result<(Vec<Written>, CommitTicket), store::StoreError> {
     let mut tx = store.begin().await?;
     let written = if let [(caller, resource)] = resources {
         // Alone, a create takes the checked path, so an id clash (from the one-by-one retry) reads as a conflict.
@@ -144,6 +152,6 @@ async fn write_all(store: &Store, resources: &[(Caller, Value)]) -> Result<Vec<W
         }
         written
     };
-    tx.commit().await?;
-    Ok(written)
+    let ticket = tx.commit_visible().await?;
+    Ok((written, ticket))
 }
