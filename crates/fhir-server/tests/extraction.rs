@@ -39,7 +39,10 @@ impl Indexed {
         let registry = SearchParamRegistry::r4().unwrap();
         let def = registry.get(&self.resource_type, code).unwrap_or_else(|| panic!("no parameter {code}"));
         let query = ParamQuery::parse(def, modifier, raw).unwrap_or_else(|e| panic!("{param}={raw}: {e}"));
-        resource_matches_at(self.values(code), &query, NOW)
+        // As a search does: a parameter whose values other parameters' rows hold matches through any of them
+        // (`:not` through none).
+        let mut holders = def.index_codes().into_iter().map(|c| resource_matches_at(self.values(c), &query, NOW));
+        if modifier == Some("not") { holders.all(|hit| hit) } else { holders.any(|hit| hit) }
     }
 }
 
@@ -166,6 +169,12 @@ fn observation() {
     assert!(o.hit("combo-code-value-quantity", "8480-6$120"));
     assert!(o.hit("combo-code-value-concept", "71802-3$LA31993-1"));
     assert!(!o.hit("code-value-concept", "71802-3$LA31993-1"));
+    assert!(!o.hit("combo-code:not", "8462-4"));
+    assert!(o.hit("combo-code:not", "1234-5"));
+    // The combo parameters' values are the rows of the parameters they are made of, not written again.
+    for combo in ["combo-code", "combo-value-concept", "combo-code-value-quantity", "combo-code-value-concept"] {
+        assert!(o.values(combo).is_empty(), "{combo} indexed a second time");
+    }
     let tuples = o.values("component-code-value-quantity");
     assert_eq!(tuples.len(), 2);
 }

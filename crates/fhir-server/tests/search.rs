@@ -366,7 +366,64 @@ async fn capability_lists_search_params(db: TestDb) {
     assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|v| v == "Observation:subject"));
 }
 
+/// Parameters whose values other parameters' rows hold (`combo-*` = the observation's own and its components';
+/// `phonetic` = `name`; Coverage `patient` = `beneficiary`) answer exactly as if they had rows of their own.
+async fn parameters_sharing_index_rows(db: TestDb) {
+    let app = db.app().await;
+    let a = app.create_id(&patient("Alvarez", "Ann", "1970-01-01", "A1")).await;
+    let b = app.create_id(&patient("Brown", "Bea", "1980-01-01", "B1")).await;
+    let loinc = |code: &str| json!({"coding": [{"system": "http://loinc.org", "code": code}]});
+    let own = app
+        .create_id(&json!({"resourceType": "Observation", "status": "final", "code": loinc("88122-7"),
+            "subject": {"reference": format!("Patient/{a}")}, "valueCodeableConcept": loinc("LA28397-0")}))
+        .await;
+    let panel = app
+        .create_id(&json!({"resourceType": "Observation", "status": "final", "code": loinc("88121-9"),
+            "subject": {"reference": format!("Patient/{b}")},
+            "component": [{"code": loinc("88122-7"), "valueCodeableConcept": loinc("LA28398-8")},
+                          {"code": loinc("88123-5"), "valueCodeableConcept": loinc("LA28397-0")}]}))
+        .await;
+    let bare = app
+        .create_id(&json!({"resourceType": "Observation", "status": "final", "code": loinc("88124-3"),
+            "subject": {"reference": format!("Patient/{a}")}}))
+        .await;
+    assert_eq!(search(&app, "/fhir/Observation?code=88122-7").await, vec![own.clone()]);
+    assert_eq!(search(&app, "/fhir/Observation?combo-code=88122-7").await, sorted(vec![&own, &panel]));
+    assert_eq!(search(&app, "/fhir/Observation?combo-code=88123-5,88124-3").await, sorted(vec![&panel, &bare]));
+    assert_eq!(search(&app, "/fhir/Observation?combo-code:not=88122-7").await, vec![bare.clone()]);
+    assert_eq!(search(&app, "/fhir/Observation?combo-value-concept=LA28397-0").await, sorted(vec![&own, &panel]));
+    assert_eq!(search(&app, "/fhir/Observation?combo-value-concept:missing=true").await, vec![bare.clone()]);
+    assert_eq!(search(&app, "/fhir/Observation?combo-value-concept:missing=false").await, sorted(vec![&own, &panel]));
+    // A composite tuple matches within one node: the panel's 88122-7 is LA28398-8, not LA28397-0.
+    let tuple = "/fhir/Observation?combo-code-value-concept=http://loinc.org|88122-7$http://loinc.org|LA28397-0";
+    assert_eq!(search(&app, tuple).await, vec![own.clone()]);
+    assert_eq!(search(&app, "/fhir/Observation?combo-code-value-concept=88122-7$LA28398-8").await, vec![panel.clone()]);
+    let ascending = app.get("/fhir/Observation?combo-code=88122-7,88123-5,88124-3&_sort=combo-code").await;
+    assert_eq!(ascending.status, 200, "{}", ascending.json);
+    let order: Vec<&str> =
+        ascending.json["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+    // Smallest combo-code of each: own 88122-7, panel 88122-7 (component), bare 88124-3.
+    assert_eq!(order.last(), Some(&bare.as_str()));
+
+    assert_eq!(search(&app, "/fhir/Patient?phonetic=alv").await, vec![a.clone()]);
+    assert_eq!(search(&app, "/fhir/Patient?phonetic:exact=Brown").await, vec![b.clone()]);
+    assert_eq!(search(&app, "/fhir/Patient?_sort=-phonetic&_count=1").await.len(), 1);
+
+    let coverage = app
+        .create_id(&json!({"resourceType": "Coverage", "status": "active",
+            "beneficiary": {"reference": format!("Patient/{a}")}, "payor": [{"reference": format!("Patient/{a}")}]}))
+        .await;
+    assert_eq!(search(&app, &format!("/fhir/Coverage?patient=Patient/{a}")).await, vec![coverage.clone()]);
+    assert_eq!(search(&app, "/fhir/Coverage?patient.family=alvarez").await, vec![coverage.clone()]);
+    assert_eq!(search(&app, "/fhir/Patient?_has:Coverage:patient:status=active").await, vec![a.clone()]);
+    let included = app.get(&format!("/fhir/Coverage?_id={coverage}&_include=Coverage:patient")).await;
+    assert!(included.json["entry"].as_array().unwrap().iter().any(|e| e["resource"]["id"] == a.as_str()));
+    let revincluded = app.get(&format!("/fhir/Patient?_id={a}&_revinclude=Coverage:patient")).await;
+    assert!(revincluded.json["entry"].as_array().unwrap().iter().any(|e| e["resource"]["id"] == coverage.as_str()));
+}
+
 for_each_backend!(
+    parameters_sharing_index_rows,
     tokens,
     strings,
     references_chains_and_has,

@@ -408,9 +408,10 @@ pub enum Cond {
 pub enum SortBy {
     Id,
     LastUpdated,
-    /// A parameter's representative value: the smallest when ascending, the largest when descending.
+    /// A parameter's representative value: the smallest when ascending, the largest when descending, over the
+    /// rows of `params` (one parameter, or the several whose rows hold a union parameter's values).
     Param {
-        param: String,
+        params: Vec<String>,
         table: IndexTable,
     },
 }
@@ -736,7 +737,7 @@ impl Compiler {
             let expr = match &key.by {
                 SortBy::Id => format!("{r}.id"),
                 SortBy::LastUpdated => format!("{r}.last_updated_us"),
-                SortBy::Param { param, table } => {
+                SortBy::Param { params, table } => {
                     let column = match (table, key.descending) {
                         (IndexTable::Token, _) => "code",
                         (IndexTable::String, _) => "value_norm",
@@ -750,15 +751,19 @@ impl Compiler {
                     let agg = if key.descending { "MAX" } else { "MIN" };
                     let x = self.alias("o");
                     let owner = self.owner(&x, r);
-                    let p = self.text(param);
+                    let in_params = |c: &mut Self| params.iter().map(|p| c.text(p)).collect::<Vec<_>>().join(", ");
+                    let p = in_params(self);
                     let sub = format!(
-                        "(SELECT {agg}({x}.{column}) FROM {} {x} WHERE {owner} AND {x}.param = {p})",
+                        "(SELECT {agg}({x}.{column}) FROM {} {x} WHERE {owner} AND {x}.param IN ({p}))",
                         table.name()
                     );
                     // Resources without a value sort last either way; the backends disagree on NULL order otherwise.
                     keys.push(format!("CASE WHEN {sub} IS NULL THEN 1 ELSE 0 END"));
-                    let p2 = self.text(param);
-                    format!("(SELECT {agg}({x}.{column}) FROM {} {x} WHERE {owner} AND {x}.param = {p2})", table.name())
+                    let p2 = in_params(self);
+                    format!(
+                        "(SELECT {agg}({x}.{column}) FROM {} {x} WHERE {owner} AND {x}.param IN ({p2}))",
+                        table.name()
+                    )
                 }
             };
             keys.push(format!("{expr} {dir}"));

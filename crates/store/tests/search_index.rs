@@ -203,8 +203,10 @@ async fn every_condition_kind(db: TestDb) {
 async fn replace_sort_page_and_delete(db: TestDb) {
     let store = db.store().await;
     fixture(&store).await;
-    let by =
-        |desc| SortKey { by: SortBy::Param { param: "family".into(), table: IndexTable::String }, descending: desc };
+    let by = |desc| SortKey {
+        by: SortBy::Param { params: vec!["family".into()], table: IndexTable::String },
+        descending: desc,
+    };
     let mut q = SearchQuery { resource_type: "Patient".into(), count: 1, sort: vec![by(true)], ..Default::default() };
     let page = store.search(&q).await.unwrap();
     assert_eq!(page.resources[0].id, "p1");

@@ -271,10 +271,10 @@ fn conditions(
         if !SUPPORTED_TYPES.contains(&source) {
             return Err(Refusal::Unknown);
         }
-        match registry.get(source, param) {
-            Some(p) if p.search_type() == SearchType::Reference => {}
+        let param = match registry.get(source, param) {
+            Some(p) if p.search_type() == SearchType::Reference => reference_rows(p),
             _ => return Err(Refusal::Unknown),
-        }
+        };
         let conds = conditions(registry, base, source, inner, raw, depth + 1)?;
         return Ok(vec![vec![Cond::Has { source_type: source.to_owned(), param: param.to_owned(), conds }]]);
     }
@@ -300,7 +300,11 @@ fn conditions(
                 continue;
             }
             match conditions(registry, base, target, tail, raw, depth + 1) {
-                Ok(conds) => ors.push(Cond::Chain { param: code.to_owned(), target_type: target.clone(), conds }),
+                Ok(conds) => ors.push(Cond::Chain {
+                    param: reference_rows(param).to_owned(),
+                    target_type: target.clone(),
+                    conds,
+                }),
                 Err(Refusal::Unknown) => {}
                 Err(e) => return Err(e),
             }
@@ -340,35 +344,49 @@ fn conditions(
 }
 
 fn param_conditions(param: &ResourceSearchParam, query: &ParamQuery, base: &str) -> Option<Vec<Vec<Cond>>> {
-    let code = param.code().to_owned();
+    // A parameter whose values other parameters' rows hold matches when any of those rows matches.
+    let codes = param.index_codes();
     let not = query.modifier == Some(Modifier::Not);
     let mut ors = Vec::new();
     let mut ands = Vec::new();
     for v in &query.values {
-        let cond = match v {
-            SearchValue::Missing(missing) => {
-                Cond::Missing { param: code.clone(), table: table_of(param.search_type())?, missing: *missing }
+        match v {
+            // Missing means missing from every parameter holding its rows; present means present in one.
+            SearchValue::Missing(true) => {
+                let table = table_of(param.search_type())?;
+                ands.extend(codes.iter().map(|c| vec![Cond::Missing { param: c.to_string(), table, missing: true }]));
             }
-            SearchValue::Composite(parts) => Cond::Composite {
-                param: code.clone(),
-                components: parts.iter().map(|p| value_test(p, base)).collect::<Option<Vec<_>>>()?,
-            },
+            SearchValue::Missing(false) => {
+                let table = table_of(param.search_type())?;
+                ors.extend(codes.iter().map(|c| Cond::Missing { param: c.to_string(), table, missing: false }));
+            }
+            SearchValue::Composite(parts) => {
+                let components = parts.iter().map(|p| value_test(p, base)).collect::<Option<Vec<_>>>()?;
+                ors.extend(
+                    codes.iter().map(|c| Cond::Composite { param: c.to_string(), components: components.clone() }),
+                );
+            }
+            // `:not=a,b`: no value may match a or b, under any of the parameters.
+            v if not => {
+                let test = value_test(v, base)?;
+                ands.extend(codes.iter().map(|c| vec![Cond::NotMatch { param: c.to_string(), test: test.clone() }]));
+            }
             v => {
                 let test = value_test(v, base)?;
-                if not {
-                    // `:not=a,b`: no value may match a or b.
-                    ands.push(vec![Cond::NotMatch { param: code.clone(), test }]);
-                    continue;
-                }
-                Cond::Match { param: code.clone(), test }
+                ors.extend(codes.iter().map(|c| Cond::Match { param: c.to_string(), test: test.clone() }));
             }
-        };
-        ors.push(cond);
+        }
     }
     if !ors.is_empty() {
         ands.push(ors);
     }
     Some(ands)
+}
+
+/// The code whose index rows a reference parameter's values are stored under (references are shared only as exact
+/// copies, see [`crate::search::StoredAs`]).
+fn reference_rows(param: &ResourceSearchParam) -> &str {
+    param.index_codes().first().copied().unwrap_or(param.code())
 }
 
 #[derive(Debug, Clone)]
@@ -392,9 +410,10 @@ fn include_spec(registry: &SearchParamRegistry, name: &str, value: &str) -> Opti
     if parts.next().is_some() || !SUPPORTED_TYPES.contains(&source) {
         return None;
     }
-    if registry.get(source, param).is_none_or(|p| p.search_type() != SearchType::Reference) {
-        return None;
-    }
+    let param = match registry.get(source, param) {
+        Some(p) if p.search_type() == SearchType::Reference => reference_rows(p),
+        _ => return None,
+    };
     if target.is_some_and(|t| !SUPPORTED_TYPES.contains(&t)) {
         return None;
     }
@@ -493,7 +512,7 @@ fn plan(
                         "_lastUpdated" => SortBy::LastUpdated,
                         c => match registry.get(resource_type, c).filter(|p| p.is_indexed()) {
                             Some(p) if p.search_type() != SearchType::Composite => SortBy::Param {
-                                param: c.to_owned(),
+                                params: p.index_codes().into_iter().map(str::to_owned).collect(),
                                 table: table_of(p.search_type()).ok_or_else(|| invalid_value(name))?,
                             },
                             _ => return Err(invalid_value(name)),

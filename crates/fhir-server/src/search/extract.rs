@@ -105,7 +105,8 @@ pub enum ExtractError {
     UnknownType(String),
 }
 
-/// Index entries for every indexed parameter of the resource's type; parameters with no value are omitted.
+/// Index entries for every parameter of the resource's type that stores rows of its own (see
+/// [`super::params::StoredAs`]); parameters with no value are omitted.
 pub fn extract(registry: &SearchParamRegistry, resource: &Value) -> Result<Vec<ParamEntries>, ExtractError> {
     let ty = resource.get("resourceType").and_then(Value::as_str).ok_or(ExtractError::NotAResource)?;
     let mut params = registry.params_for(ty).peekable();
@@ -113,6 +114,7 @@ pub fn extract(registry: &SearchParamRegistry, resource: &Value) -> Result<Vec<P
         return Err(ExtractError::UnknownType(ty.to_owned()));
     }
     Ok(params
+        .filter(|p| p.has_own_rows())
         .filter_map(|p| {
             let values = extract_param(p, resource);
             (!values.is_empty()).then(|| ParamEntries {

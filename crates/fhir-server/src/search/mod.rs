@@ -21,7 +21,7 @@ pub use extract::{
 pub use matching::{matches, matches_at, resource_matches, resource_matches_at};
 pub use params::{
     GATEWAY_RESOURCE_TYPES, LoadError, NOT_INDEXED_CODES, ResourceSearchParam, SearchParamDef, SearchParamRegistry,
-    SearchType, UnsupportedParam,
+    SearchType, StoredAs, UnsupportedParam,
 };
 pub use text::normalize;
 pub use value::{Modifier, ParamQuery, Prefix, SearchValue, ValueError, parse_value};

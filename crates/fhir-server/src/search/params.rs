@@ -125,6 +125,22 @@ pub struct ResourceSearchParam {
     /// The union branches that apply to `resource_type`; `None` for the [`NOT_INDEXED_CODES`].
     pub expression: Option<Expr>,
     pub components: Vec<ResolvedComponent>,
+    /// Where this parameter's index rows live: its own, or those of the parameters it is made of.
+    pub stored_as: StoredAs,
+}
+
+/// Some R4 parameters index exactly what other parameters of the same type index: `Patient.phonetic` has the
+/// expression of `Patient.name`, and `Observation.combo-code` is `code | component-code`. Their values are not
+/// indexed a second time (an Observation wrote 16 index rows, 6 of them such copies); a search on them reads the
+/// rows of the parameters they are made of.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoredAs {
+    #[default]
+    Own,
+    /// The same type, expression and components as this parameter.
+    SameAs(String),
+    /// The expression is the union of these parameters' expressions (same type and components).
+    UnionOf(Vec<String>),
 }
 
 impl ResourceSearchParam {
@@ -138,6 +154,29 @@ impl ResourceSearchParam {
 
     pub fn is_indexed(&self) -> bool {
         self.expression.is_some()
+    }
+
+    /// Whether the write path stores index rows under this parameter's own code.
+    pub fn has_own_rows(&self) -> bool {
+        self.is_indexed() && self.stored_as == StoredAs::Own
+    }
+
+    /// The parameter codes whose index rows hold this parameter's values (any of them matching is a match).
+    pub fn index_codes(&self) -> Vec<&str> {
+        match &self.stored_as {
+            StoredAs::Own => vec![self.code()],
+            StoredAs::SameAs(code) => vec![code.as_str()],
+            StoredAs::UnionOf(codes) => codes.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// What makes two parameters index the same values: type, expression and components.
+    fn index_signature(&self, expression: &Expr) -> String {
+        let mut signature = format!("{}|{expression}", self.search_type().as_str());
+        for c in &self.components {
+            signature.push_str(&format!("|{}:{}", c.search_type.as_str(), c.expression));
+        }
+        signature
     }
 
     /// The per-type expression in FHIRPath syntax, for diagnostics and for a SQL layer that wants to show it.
@@ -215,7 +254,49 @@ impl SearchParamRegistry {
         for def in defs {
             registry.add(def, resource_types);
         }
+        registry.share_index_rows();
         Ok(registry)
+    }
+
+    /// Finds the parameters whose index rows other parameters already hold (see [`StoredAs`]).
+    fn share_index_rows(&mut self) {
+        for params in self.by_type.values_mut() {
+            let mut own: BTreeMap<String, String> = BTreeMap::new();
+            let mut stored_as = Vec::new();
+            // Codes in order, so the first of identical parameters keeps the rows and the choice is stable.
+            for (code, p) in params.iter() {
+                let Some(expression) = &p.expression else { continue };
+                let signature = p.index_signature(expression);
+                match own.get(&signature) {
+                    Some(first) => stored_as.push((code.clone(), StoredAs::SameAs(first.clone()))),
+                    None => {
+                        own.insert(signature, code.clone());
+                    }
+                }
+            }
+            for (code, p) in params.iter() {
+                let Some(expression) = &p.expression else { continue };
+                let branches = expression.union_branches();
+                // References are followed by chains, includes and `_has` one parameter at a time: they keep
+                // their own rows unless they are an exact copy.
+                if branches.len() < 2
+                    || p.search_type() == SearchType::Reference
+                    || stored_as.iter().any(|(c, _)| c == code)
+                {
+                    continue;
+                }
+                let parts: Option<Vec<String>> =
+                    branches.iter().map(|b| own.get(&p.index_signature(b)).filter(|c| *c != code).cloned()).collect();
+                if let Some(parts) = parts {
+                    stored_as.push((code.clone(), StoredAs::UnionOf(parts)));
+                }
+            }
+            for (code, shared) in stored_as {
+                if let Some(p) = params.get_mut(&code) {
+                    p.stored_as = shared;
+                }
+            }
+        }
     }
 
     fn add(&mut self, def: Arc<SearchParamDef>, resource_types: &[&str]) {
@@ -291,6 +372,7 @@ impl SearchParamRegistry {
                 def: def.clone(),
                 expression,
                 components: components.clone(),
+                stored_as: StoredAs::Own,
             });
         }
         if !without_branch.is_empty() {
@@ -351,6 +433,26 @@ mod tests {
         assert_eq!(reg.get("Condition", "code").unwrap().expression_text().unwrap(), "Condition.code");
         assert_eq!(reg.get("Task", "_id").unwrap().expression_text().unwrap(), "Resource.id");
         assert!(!reg.get("Goal", "_text").unwrap().is_indexed());
+    }
+
+    #[test]
+    fn parameters_that_index_what_others_index_share_their_rows() {
+        let reg = r4();
+        let codes = |ty: &str, code: &str| reg.get(ty, code).unwrap().index_codes();
+        assert_eq!(reg.get("Patient", "phonetic").unwrap().stored_as, StoredAs::SameAs("name".into()));
+        assert_eq!(codes("Patient", "name"), vec!["name"]);
+        assert_eq!(codes("Observation", "combo-code"), vec!["code", "component-code"]);
+        assert_eq!(codes("Observation", "combo-value-concept"), vec!["value-concept", "component-value-concept"]);
+        assert_eq!(
+            codes("Observation", "combo-code-value-concept"),
+            vec!["code-value-concept", "component-code-value-concept"]
+        );
+        // Same base and component codes but different component types: distinct values, own rows.
+        assert!(reg.get("Observation", "code-value-quantity").unwrap().has_own_rows());
+        assert!(reg.get("Observation", "code-value-concept").unwrap().has_own_rows());
+        // A restriction of another parameter (`subject` of type Patient) is not a copy of it.
+        assert!(reg.get("Observation", "patient").unwrap().has_own_rows());
+        assert!(reg.get("Observation", "code").unwrap().has_own_rows());
     }
 
     #[test]
