@@ -135,6 +135,39 @@ impl StoreTx {
         })
     }
 
+    /// Reads the current versions (tombstones included) of many resources in a few statements instead of one
+    /// each, inside this transaction; resources never stored are absent from the map.
+    pub async fn read_many(
+        &mut self,
+        keys: &[(&str, &str)],
+    ) -> Result<std::collections::HashMap<(String, String), StoredResource>> {
+        const KEYS_PER_SELECT: usize = 200;
+        let mut found = std::collections::HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(KEYS_PER_SELECT) {
+            let mut sql = format!("SELECT {SELECT_COLUMNS} FROM resources WHERE ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                // One key probe per pair on both backends.
+                let (first, second) =
+                    (crate::tx::placeholder(self, i * 2 + 1), crate::tx::placeholder(self, i * 2 + 2));
+                sql.push_str(&format!("(resource_type = {first} AND id = {second})"));
+            }
+            let rows = with_tx_conn!(self, conn => {
+                let mut query = sqlx::query(&sql);
+                for (resource_type, id) in chunk {
+                    query = query.bind(*resource_type).bind(*id);
+                }
+                query.fetch_all(&mut *conn).await?.iter().map(row_to_resource).collect::<Result<Vec<_>>>()?
+            });
+            for stored in rows {
+                found.insert((stored.resource_type.clone(), stored.id.clone()), stored);
+            }
+        }
+        Ok(found)
+    }
+
     /// Reads one version from history inside this transaction (sees this transaction's own writes).
     pub async fn vread(&mut self, resource_type: &str, id: &str, version_id: i64) -> Result<Option<StoredResource>> {
         let sql = format!(

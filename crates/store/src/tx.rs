@@ -81,6 +81,14 @@ pub(crate) fn placeholders(tx: &StoreTx, first: usize, width: usize) -> String {
     format!("({})", marks.join(", "))
 }
 
+/// Bind placeholder number `n` (see [`placeholders`]).
+pub(crate) fn placeholder(tx: &StoreTx, n: usize) -> String {
+    match tx.inner {
+        TxInner::Sqlite(_) => "?".to_owned(),
+        TxInner::Postgres(_) => format!("${n}"),
+    }
+}
+
 /// A stable 64-bit hash (FNV-1a): every replica must map a key to the same lock.
 fn fnv1a(key: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -28,7 +28,32 @@ for_each_backend!(
     journal_status_and_reprocess,
     outbound_log_follows_its_jobs_transactions,
     scans_read_every_live_resource_of_a_type_by_key,
+    read_many_sees_tombstones_and_the_transactions_own_writes,
 );
+
+async fn read_many_sees_tombstones_and_the_transactions_own_writes(db: TestDb) {
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    for id in ["a", "b", "gone"] {
+        tx.put(patient(id, "Alpha"), Precondition::MustNotExist).await.unwrap();
+    }
+    tx.delete("Patient", "gone", Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    tx.put(patient("new", "Beta"), Precondition::MustNotExist).await.unwrap();
+    let many: Vec<String> = (0..450).map(|n| format!("absent-{n}")).collect();
+    let mut keys: Vec<(&str, &str)> = many.iter().map(|id| ("Patient", id.as_str())).collect();
+    keys.extend([("Patient", "a"), ("Patient", "gone"), ("Patient", "new"), ("Observation", "b")]);
+    let found = tx.read_many(&keys).await.unwrap();
+    let key = |id: &str| ("Patient".to_owned(), id.to_owned());
+    assert_eq!(found.len(), 3, "{:?}", found.keys().collect::<Vec<_>>());
+    assert_eq!(content(&found[&key("a")])["name"][0]["family"], "Alpha");
+    assert!(found[&key("gone")].deleted);
+    assert_eq!(found[&key("new")].version_id, 1, "the transaction's own write");
+    assert!(tx.read_many(&[]).await.unwrap().is_empty());
+    tx.rollback().await.unwrap();
+}
 
 fn patient(id: &str, family: &str) -> Value {
     json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})

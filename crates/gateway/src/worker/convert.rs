@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use hl7v2::{ErrorCode, ErrorLocation};
 
-use super::{Upsert, WorkerSettings, dead_letter, operation_outcome, retry_later, upsert};
+use super::{Candidate, Upsert, WorkerSettings, dead_letter, operation_outcome, retry_later, upsert_all};
 use crate::outbound::{self, AppOutcome, OutboundError, OutboundMessage, Routes};
 
 /// What became of one journal entry.
@@ -129,31 +129,42 @@ pub async fn convert_entry(
     // Patient and Organization from a result or referral carry a short PID/MSH: they never replace what an ADT
     // feed recorded, they only stand in until one does.
     let from_adt = header.message_type == "ADT";
+    let candidates = conversion
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let stand_in = !from_adt
+                && matches!(resource.get("resourceType").and_then(|t| t.as_str()), Some("Patient" | "Organization"));
+            Candidate { resource, only_if_absent: stand_in, only_if_present: false }
+        })
+        .collect();
     let (mut written, mut unchanged, mut kept) = (0, 0, 0);
-    for resource in conversion.resources {
-        let stand_in = !from_adt
-            && matches!(resource.get("resourceType").and_then(|t| t.as_str()), Some("Patient" | "Organization"));
-        match upsert(&mut tx, resource, stand_in, false).await {
-            Ok(Upsert::Written) => written += 1,
-            Ok(Upsert::Unchanged) => unchanged += 1,
-            Ok(Upsert::Kept) => kept += 1,
-            Err(StoreError::Invalid(reason) | StoreError::BusinessRule(reason)) => {
-                // The mapping produced something the store refuses (a mapping bug), or the message asks for what
-                // the workflow forbids (an I14 moving a closed referral): final, not a transient failure.
-                tx.rollback().await?;
-                let mut tx = store.begin().await?;
-                let text = format!("a converted resource could not be stored: {reason}");
-                let detail = operation_outcome(&[("error", "processing", text, None)]);
-                let outcome = AppOutcome::Error {
-                    code: ErrorCode::ApplicationInternalError,
-                    location: None,
-                    text: "the message could not be stored".into(),
-                };
-                queue_application_ack(&mut tx, routes, &message, outcome).await?;
-                return fail_entry(tx, id, Some(control_id), &message_type, &detail, job, started).await;
+    match upsert_all(&mut tx, candidates).await {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                match outcome {
+                    Upsert::Written => written += 1,
+                    Upsert::Unchanged => unchanged += 1,
+                    Upsert::Kept => kept += 1,
+                }
             }
-            Err(e) => return Err(e),
         }
+        Err(StoreError::Invalid(reason) | StoreError::BusinessRule(reason)) => {
+            // The mapping produced something the store refuses (a mapping bug), or the message asks for what
+            // the workflow forbids (an I14 moving a closed referral): final, not a transient failure.
+            tx.rollback().await?;
+            let mut tx = store.begin().await?;
+            let text = format!("a converted resource could not be stored: {reason}");
+            let detail = operation_outcome(&[("error", "processing", text, None)]);
+            let outcome = AppOutcome::Error {
+                code: ErrorCode::ApplicationInternalError,
+                location: None,
+                text: "the message could not be stored".into(),
+            };
+            queue_application_ack(&mut tx, routes, &message, outcome).await?;
+            return fail_entry(tx, id, Some(control_id), &message_type, &detail, job, started).await;
+        }
+        Err(e) => return Err(e),
     }
     let warnings = conversion.warnings.len();
     let detail = (!conversion.warnings.is_empty()).then(|| {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde_json::Value;
 use store::{HistoryQuery, Job, Store, StoreError, Timestamp};
 
-use super::{Upsert, dead_letter, retry_later, same_content, upsert};
+use super::{Candidate, Upsert, dead_letter, retry_later, same_content, upsert, upsert_all};
 
 /// The gateway as the author of derived resources (Provenance agent, Condition asserter).
 pub const AGENT: &str = "Device/sdoh-gateway";
@@ -147,8 +147,13 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
     };
     let (mut written, mut unchanged, mut retracted) = (0, 0, 0);
     // An entered-in-error (or deleted) QR retracts what exists and creates nothing.
-    for resource in derived.resources {
-        match upsert(&mut tx, resource, false, retract_all).await? {
+    let candidates = derived
+        .resources
+        .into_iter()
+        .map(|resource| Candidate { resource, only_if_absent: false, only_if_present: retract_all })
+        .collect();
+    for outcome in upsert_all(&mut tx, candidates).await? {
+        match outcome {
             Upsert::Written if retract_all => retracted += 1,
             Upsert::Written => written += 1,
             Upsert::Unchanged => unchanged += 1,
@@ -156,10 +161,12 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
         }
     }
     // Resources an earlier version derived and this one does not are marked entered-in-error; ids never derived
-    // (most of the list) cost one indexed read each and write nothing.
-    for retraction in derived.retractions {
-        let existing = tx.read(retraction.resource_type, &retraction.id).await?.filter(|c| !c.deleted);
-        let Some(stored) = existing.as_ref().and_then(|c| c.content.as_deref()) else { continue };
+    // (most of the list) are looked up together and write nothing.
+    let keys: Vec<(&str, &str)> = derived.retractions.iter().map(|r| (r.resource_type, r.id.as_str())).collect();
+    let existing = tx.read_many(&keys).await?;
+    for key in &keys {
+        let Some(stored) = existing.get(&(key.0.to_owned(), key.1.to_owned())).filter(|c| !c.deleted) else { continue };
+        let Some(stored) = stored.content.as_deref() else { continue };
         let Ok(content) = serde_json::from_str::<Value>(stored) else { continue };
         let retraction = sdoh::retract(&content);
         // The stored version was just read: write it directly rather than through `upsert`, which reads again.
