@@ -481,3 +481,18 @@ async fn write_group(store: &Store, registries: &RegistrySet, registry_id: &str,
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::group_rebuild_delay;
+
+    #[test]
+    fn group_rebuilds_wait_in_proportion_to_their_cost_within_a_bound() {
+        assert_eq!(group_rebuild_delay(Duration::ZERO), Duration::ZERO, "a small registry rebuilds at once");
+        assert_eq!(group_rebuild_delay(Duration::from_millis(40)), Duration::from_millis(400));
+        assert_eq!(group_rebuild_delay(Duration::from_secs(2)), Duration::from_secs(20));
+        assert_eq!(group_rebuild_delay(Duration::from_secs(3600)), Duration::from_secs(300));
+    }
+}
