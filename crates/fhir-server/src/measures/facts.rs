@@ -251,34 +251,53 @@ pub async fn load_facts(store: &Store, cohort: Option<&HashSet<String>>) -> Resu
     let types: Vec<&str> = FACT_TYPES.iter().map(|(t, _)| *t).collect();
     let finders: Vec<Option<memchr::memmem::Finder>> =
         FACT_TYPES.iter().map(|(_, needle)| needle.map(memchr::memmem::Finder::new)).collect();
-    let mut cursor = store::ScanCursor::default();
+    let (mut page, mut next) = store.scan_types(&types, &store::ScanCursor::default(), PAGE_SIZE).await?;
     loop {
-        let (page, next) = store.scan_types(&types, &cursor, PAGE_SIZE).await?;
-        for stored in &page {
-            let Some(content) = stored.content.as_deref() else { continue };
-            let Some(kind) = types.iter().position(|t| *t == stored.resource_type) else { continue };
-            if finders[kind].as_ref().is_some_and(|f| f.find(content.as_bytes()).is_none()) {
+        // The next page is read (by SQLite's worker thread or PostgreSQL) while this one is parsed.
+        let fetch = async {
+            match &next {
+                Some(cursor) => store.scan_types(&types, cursor, PAGE_SIZE).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let parse = async {
+            add_page(&mut builder, &types, &finders, &page);
+        };
+        let (fetched, ()) = tokio::join!(fetch, parse);
+        match fetched? {
+            Some((following, after)) => (page, next) = (following, after),
+            None => return Ok(builder.finish()),
+        }
+    }
+}
+
+/// Feeds one page of resources to the builder.
+fn add_page(
+    builder: &mut FactsBuilder<'_>,
+    types: &[&str],
+    finders: &[Option<memchr::memmem::Finder<'_>>],
+    page: &[store::StoredResource],
+) {
+    for stored in page {
+        let Some(content) = stored.content.as_deref() else { continue };
+        let Some(kind) = types.iter().position(|t| *t == stored.resource_type) else { continue };
+        if finders[kind].as_ref().is_some_and(|f| f.find(content.as_bytes()).is_none()) {
+            continue;
+        }
+        let resource = match serde_json::from_str::<Value>(content) {
+            Ok(resource) => resource,
+            Err(_) => {
+                tracing::warn!(resource_type = %stored.resource_type, id = %stored.id, "stored resource is not JSON; skipped");
                 continue;
             }
-            let resource = match serde_json::from_str::<Value>(content) {
-                Ok(resource) => resource,
-                Err(_) => {
-                    tracing::warn!(resource_type = %stored.resource_type, id = %stored.id, "stored resource is not JSON; skipped");
-                    continue;
-                }
-            };
-            match kind {
-                0 => builder.add_patient(&resource),
-                1 => builder.add_coverage(&resource),
-                2 => builder.add_encounter(&resource),
-                3 => builder.add_observation(&resource),
-                4 => builder.add_service_request(&resource),
-                _ => builder.add_task(&resource),
-            }
-        }
-        match next {
-            Some(next) => cursor = next,
-            None => return Ok(builder.finish()),
+        };
+        match kind {
+            0 => builder.add_patient(&resource),
+            1 => builder.add_coverage(&resource),
+            2 => builder.add_encounter(&resource),
+            3 => builder.add_observation(&resource),
+            4 => builder.add_service_request(&resource),
+            _ => builder.add_task(&resource),
         }
     }
 }
