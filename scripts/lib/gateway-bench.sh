@@ -4,6 +4,8 @@
 #
 #   start_gateway <sqlite|postgres> <schema-stem> <binary to build>...
 #     sets: target, work, url, schema (postgres), http_port, mllp_port, gw (pid)
+#   or, to prepare the database before the gateway starts: bench_build <binaries...>; bench_database <backend>
+#     <schema-stem>; (fill "$url"); launch_gateway
 #   sample_peak_rss      records the gateway's peak VmRSS (kB) in $work/peak while it runs
 #   peak_rss_kb          prints that peak (0 if none)
 
@@ -23,10 +25,23 @@ bench_cleanup() {
 
 start_gateway() {
   local backend=$1 stem=$2; shift 2
+  bench_build sdoh-gateway "$@"
+  bench_database "$backend" "$stem"
+  launch_gateway
+}
+
+# Builds the release binaries named (unless BENCH_NO_BUILD=1); sets target.
+bench_build() {
   local bins=()
-  for b in sdoh-gateway "$@"; do bins+=(--bin "$b"); done
+  for b in "$@"; do bins+=(--bin "$b"); done
   [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release "${bins[@]}" >/dev/null 2>&1
   target=${CARGO_TARGET_DIR:-target}
+}
+
+# A fresh scratch folder and database, without a gateway yet (for scripts that seed the database first); sets
+# work, url, schema (postgres), http_port, mllp_port.
+bench_database() {
+  local backend=$1 stem=$2
   work=$(mktemp -d)
   trap bench_cleanup EXIT
   http_port=$(free_port); mllp_port=$(free_port)
@@ -38,8 +53,12 @@ start_gateway() {
       url="postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D$schema" ;;
     *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
   esac
+}
+
+# Starts the gateway on the database of bench_database and waits until it is ready; sets gw (pid).
+launch_gateway() {
   "$target/release/sdoh-gateway" --database-url "$url" --http-listen "127.0.0.1:$http_port" \
-    --mllp-listen "127.0.0.1:$mllp_port" --log-level warn serve 2>"$work/gateway.log" &
+    --mllp-listen "127.0.0.1:$mllp_port" --log-level "${BENCH_LOG_LEVEL:-warn}" serve 2>"$work/gateway.log" &
   gw=$!
   until curl -sf "http://127.0.0.1:$http_port/health/ready" >/dev/null; do
     kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }

@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod outbound_admin;
 pub mod outbound_cli;
 pub mod registries;
+pub mod seed;
 pub mod serve;
 pub mod subscriptions;
 pub mod synth;

@@ -29,6 +29,7 @@ for_each_backend!(
     outbound_log_follows_its_jobs_transactions,
     scans_read_every_live_resource_of_a_type_by_key,
     read_many_sees_tombstones_and_the_transactions_own_writes,
+    multi_type_scans_read_every_live_resource_of_the_types_once,
 );
 
 async fn read_many_sees_tombstones_and_the_transactions_own_writes(db: TestDb) {
@@ -714,4 +715,51 @@ async fn scans_read_every_live_resource_of_a_type_by_key(db: TestDb) {
     }
     assert_eq!(seen, ["s0", "s1", "s2", "s4", "s5", "s6"], "in id order, deleted ones and other types left out");
     assert!(store.scan_current("Patient", Some("s6"), 10).await.unwrap().is_empty());
+}
+
+async fn multi_type_scans_read_every_live_resource_of_the_types_once(db: TestDb) {
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    // Types interleaved as a patient's data arrives; one of each deleted, one other type never asked for.
+    for i in 0..5 {
+        tx.put(patient(&format!("m{i}"), "A"), Precondition::None).await.unwrap();
+        for kind in ["Encounter", "Coverage", "Goal"] {
+            let resource = json!({"resourceType": kind, "id": format!("{kind}-{i}"), "status": "active"});
+            tx.put(resource, Precondition::None).await.unwrap();
+        }
+    }
+    tx.delete("Patient", "m2", Precondition::None).await.unwrap();
+    tx.delete("Encounter", "Encounter-4", Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let types = ["Patient", "Encounter", "Coverage"];
+    let mut seen = Vec::new();
+    let mut cursor = store::ScanCursor::default();
+    let mut pages = 0;
+    loop {
+        let (page, next) = store.scan_types(&types, &cursor, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        pages += 1;
+        seen.extend(page.iter().map(|r| format!("{}/{}", r.resource_type, r.id)));
+        match next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+        assert!(pages < 20, "the scan ends");
+    }
+    seen.sort();
+    let mut expected: Vec<String> = Vec::new();
+    for i in [0, 1, 3, 4] {
+        expected.push(format!("Patient/m{i}"));
+    }
+    for i in 0..5 {
+        expected.push(format!("Coverage/Coverage-{i}"));
+        if i != 4 {
+            expected.push(format!("Encounter/Encounter-{i}"));
+        }
+    }
+    expected.sort();
+    assert_eq!(seen, expected, "every live resource of the types exactly once, nothing else");
+    let (none, next) = store.scan_types(&[], &store::ScanCursor::default(), 3).await.unwrap();
+    assert!(none.is_empty() && next.is_none());
 }

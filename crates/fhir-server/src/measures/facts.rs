@@ -233,17 +233,73 @@ fn task_progress(task: &Value) -> Option<(&str, Option<NaiveDate>, Option<NaiveD
     Some((request, date_of(task.get("authoredOn")), completed))
 }
 
-/// Builds the facts of every patient (or of the `cohort`'s patients) from the store.
+/// The types measures read, and the text a resource of the type must contain to matter (only SDOHCC-categorised
+/// Observations and ServiceRequests, and Tasks about a ServiceRequest: the rest are passed over unparsed).
+const FACT_TYPES: [(&str, Option<&str>); 6] = [
+    ("Patient", None),
+    ("Coverage", None),
+    ("Encounter", None),
+    ("Observation", Some(SDOHCC_CODES)),
+    ("ServiceRequest", Some(SDOHCC_CODES)),
+    ("Task", Some("ServiceRequest/")),
+];
+
+/// Builds the facts of every patient (or of the `cohort`'s patients) from the store, in one pass over the stored
+/// resources of every type involved (`Store::scan_types`).
 pub async fn load_facts(store: &Store, cohort: Option<&HashSet<String>>) -> Result<Vec<PatientFacts>, StoreError> {
     let mut builder = FactsBuilder::new(cohort);
-    for_each(store, "Patient", None, |r| builder.add_patient(r)).await?;
-    for_each(store, "Coverage", None, |r| builder.add_coverage(r)).await?;
-    for_each(store, "Encounter", None, |r| builder.add_encounter(r)).await?;
-    // Only SDOHCC-categorised Observations and ServiceRequests matter: the rest are passed over unparsed.
-    for_each(store, "Observation", Some(SDOHCC_CODES), |r| builder.add_observation(r)).await?;
-    for_each(store, "ServiceRequest", Some(SDOHCC_CODES), |r| builder.add_service_request(r)).await?;
-    for_each(store, "Task", Some("ServiceRequest/"), |r| builder.add_task(r)).await?;
-    Ok(builder.finish())
+    let types: Vec<&str> = FACT_TYPES.iter().map(|(t, _)| *t).collect();
+    let finders: Vec<Option<memchr::memmem::Finder>> =
+        FACT_TYPES.iter().map(|(_, needle)| needle.map(memchr::memmem::Finder::new)).collect();
+    let (mut page, mut next) = store.scan_types(&types, &store::ScanCursor::default(), PAGE_SIZE).await?;
+    loop {
+        // The next page is read (by SQLite's worker thread or PostgreSQL) while this one is parsed.
+        let fetch = async {
+            match &next {
+                Some(cursor) => store.scan_types(&types, cursor, PAGE_SIZE).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let parse = async {
+            add_page(&mut builder, &types, &finders, &page);
+        };
+        let (fetched, ()) = tokio::join!(fetch, parse);
+        match fetched? {
+            Some((following, after)) => (page, next) = (following, after),
+            None => return Ok(builder.finish()),
+        }
+    }
+}
+
+/// Feeds one page of resources to the builder.
+fn add_page(
+    builder: &mut FactsBuilder<'_>,
+    types: &[&str],
+    finders: &[Option<memchr::memmem::Finder<'_>>],
+    page: &[store::StoredResource],
+) {
+    for stored in page {
+        let Some(content) = stored.content.as_deref() else { continue };
+        let Some(kind) = types.iter().position(|t| *t == stored.resource_type) else { continue };
+        if finders[kind].as_ref().is_some_and(|f| f.find(content.as_bytes()).is_none()) {
+            continue;
+        }
+        let resource = match serde_json::from_str::<Value>(content) {
+            Ok(resource) => resource,
+            Err(_) => {
+                tracing::warn!(resource_type = %stored.resource_type, id = %stored.id, "stored resource is not JSON; skipped");
+                continue;
+            }
+        };
+        match kind {
+            0 => builder.add_patient(&resource),
+            1 => builder.add_coverage(&resource),
+            2 => builder.add_encounter(&resource),
+            3 => builder.add_observation(&resource),
+            4 => builder.add_service_request(&resource),
+            _ => builder.add_task(&resource),
+        }
+    }
 }
 
 /// Calls `visit` on every live resource of the type (whose JSON contains `containing`, when given), a page at a
@@ -276,13 +332,23 @@ pub async fn for_each(
     }
 }
 
-/// Collects the facts as resources stream past, in any order of types except that Patients come first.
+/// What is known of one patient id while resources stream past: what its own resources say, and whether its
+/// Patient has been seen (resources may come before their Patient).
+#[derive(Default)]
+struct Collected {
+    facts: PatientFacts,
+    has_patient: bool,
+}
+
+/// Collects the facts as resources stream past, in any order (types interleaved); patients, merges and the cohort
+/// are resolved at [`FactsBuilder::finish`].
 pub struct FactsBuilder<'c> {
     cohort: Option<&'c HashSet<String>>,
-    patients: HashMap<String, PatientFacts>,
+    patients: HashMap<String, Collected>,
     /// Merged-away patient -> survivor.
     aliases: HashMap<String, String>,
-    coverage: HashMap<String, (u64, String)>,
+    /// Beneficiary -> (order, Coverage id, payer type) of its preferred active Coverage.
+    coverage: HashMap<String, (u64, String, String)>,
     /// ServiceRequest id -> (patient, domain, authored day).
     requests: HashMap<String, (String, HrsnDomain, Option<NaiveDate>)>,
     /// ServiceRequest id -> (earliest Task authored day, earliest Task completion).
@@ -301,8 +367,11 @@ impl<'c> FactsBuilder<'c> {
         }
     }
 
-    fn in_cohort(&self, id: &str) -> bool {
-        self.cohort.is_none_or(|ids| ids.contains(id))
+    fn collected(&mut self, id: &str) -> &mut Collected {
+        if !self.patients.contains_key(id) {
+            self.patients.insert(id.to_owned(), Collected::default());
+        }
+        self.patients.get_mut(id).expect("inserted above")
     }
 
     pub fn add_patient(&mut self, patient: &Value) {
@@ -311,87 +380,92 @@ impl<'c> FactsBuilder<'c> {
             self.aliases.insert(id.to_owned(), survivor.to_owned());
             return;
         }
-        if self.in_cohort(id) {
-            self.patients.insert(id.to_owned(), patient_facts(patient));
-        }
-    }
-
-    /// The patient's facts, following a merge to the survivor; `None` outside the population.
-    fn patient(&mut self, id: &str) -> Option<&mut PatientFacts> {
-        let id = self.aliases.get(id).map_or(id, String::as_str);
-        self.patients.get_mut(id)
-    }
-
-    fn resolve(&self, id: &str) -> String {
-        self.aliases.get(id).cloned().unwrap_or_else(|| id.to_owned())
+        let demographics = patient_facts(patient);
+        let entry = self.collected(id);
+        let facts = &mut entry.facts;
+        facts.birth_date = demographics.birth_date;
+        facts.sex = demographics.sex;
+        facts.race = demographics.race;
+        facts.ethnicity = demographics.ethnicity;
+        facts.language = demographics.language;
+        facts.county = demographics.county;
+        entry.has_patient = true;
     }
 
     pub fn add_coverage(&mut self, coverage: &Value) {
         let Some((beneficiary, order, label)) = coverage_payer(coverage) else { return };
-        let beneficiary = self.resolve(beneficiary);
-        if !self.patients.contains_key(&beneficiary) {
-            return;
-        }
-        // Pages come in id order, so among equal orders the first id wins: the same answer every time.
-        let better = self.coverage.get(&beneficiary).is_none_or(|(best, _)| order < *best);
+        let id = coverage["id"].as_str().unwrap_or_default();
+        let better = self.coverage.get(beneficiary).is_none_or(|(best, best_id, _)| (order, id) < (*best, best_id));
         if better {
-            self.coverage.insert(beneficiary, (order, label));
+            self.coverage.insert(beneficiary.to_owned(), (order, id.to_owned(), label));
         }
     }
 
     pub fn add_encounter(&mut self, encounter: &Value) {
         let Some((patient, day)) = encounter_day(encounter) else { return };
-        if let Some(facts) = self.patient(patient) {
-            facts.encounters.push(day);
-        }
+        self.collected(patient).facts.encounters.push(day);
     }
 
     pub fn add_observation(&mut self, observation: &Value) {
         let Some((patient, screenings)) = observation_screenings(observation) else { return };
-        if let Some(facts) = self.patient(patient) {
-            for screening in screenings {
-                // One entry per domain and day, positive if any answer that day was.
-                match facts.screenings.iter_mut().find(|s| s.domain == screening.domain && s.date == screening.date) {
-                    Some(existing) => existing.positive |= screening.positive,
-                    None => facts.screenings.push(screening),
-                }
-            }
+        let facts = &mut self.collected(patient).facts;
+        for screening in screenings {
+            add_screening(&mut facts.screenings, screening);
         }
     }
 
     pub fn add_service_request(&mut self, request: &Value) {
         let Some((id, patient, domain, authored)) = service_request_referral(request) else { return };
-        let patient = self.resolve(patient);
-        if self.patients.contains_key(&patient) {
-            self.requests.insert(id.to_owned(), (patient, domain, authored));
-        }
+        self.requests.insert(id.to_owned(), (patient.to_owned(), domain, authored));
     }
 
     pub fn add_task(&mut self, task: &Value) {
         let Some((request, authored, completed)) = task_progress(task) else { return };
-        if !self.requests.contains_key(request) {
-            return;
-        }
         let entry = self.tasks.entry(request.to_owned()).or_default();
         entry.0 = earliest(entry.0, authored);
         entry.1 = earliest(entry.1, completed);
     }
 
-    /// The facts, in patient id order.
+    /// The facts, in patient id order: a merged-away patient's data goes to its survivor, patients without a
+    /// Patient resource or outside the cohort are dropped.
     pub fn finish(mut self) -> Vec<PatientFacts> {
-        for (patient, (_, payer)) in self.coverage.drain() {
-            if let Some(facts) = self.patients.get_mut(&patient) {
-                facts.payer = Some(payer);
+        let aliases = std::mem::take(&mut self.aliases);
+        let resolve = |id: &str| aliases.get(id).cloned().unwrap_or_else(|| id.to_owned());
+        for (merged, survivor) in &aliases {
+            let Some(gone) = self.patients.remove(merged) else { continue };
+            if let Some(kept) = self.patients.get_mut(survivor) {
+                kept.facts.encounters.extend(gone.facts.encounters);
+                for screening in gone.facts.screenings {
+                    add_screening(&mut kept.facts.screenings, screening);
+                }
+            }
+        }
+        let cohort = self.cohort;
+        self.patients.retain(|id, c| c.has_patient && cohort.is_none_or(|ids| ids.contains(id)));
+        // Among a survivor's Coverages and its merged-away patients', the lowest order wins, then the lowest id:
+        // the same answer every time.
+        let mut payers: HashMap<String, (u64, String, String)> = HashMap::new();
+        for (beneficiary, candidate) in self.coverage.drain() {
+            let patient = resolve(&beneficiary);
+            let better = payers.get(&patient).is_none_or(|best| (candidate.0, &candidate.1) < (best.0, &best.1));
+            if better {
+                payers.insert(patient, candidate);
+            }
+        }
+        for (patient, (_, _, payer)) in payers {
+            if let Some(c) = self.patients.get_mut(&patient) {
+                c.facts.payer = Some(payer);
             }
         }
         for (request, (patient, domain, authored)) in self.requests.drain() {
             let (task_authored, completed) = self.tasks.get(&request).copied().unwrap_or_default();
             let Some(created) = authored.or(task_authored) else { continue };
-            if let Some(facts) = self.patients.get_mut(&patient) {
-                facts.referrals.push(Referral { domain, created, completed });
+            if let Some(c) = self.patients.get_mut(&resolve(&patient)) {
+                c.facts.referrals.push(Referral { domain, created, completed });
             }
         }
-        let mut patients: Vec<(String, PatientFacts)> = self.patients.into_iter().collect();
+        let mut patients: Vec<(String, PatientFacts)> =
+            self.patients.into_iter().map(|(id, c)| (id, c.facts)).collect();
         patients.sort_by(|a, b| a.0.cmp(&b.0));
         patients
             .into_iter()
@@ -402,6 +476,14 @@ impl<'c> FactsBuilder<'c> {
                 facts
             })
             .collect()
+    }
+}
+
+/// One entry per domain and day, positive if any answer that day was.
+fn add_screening(screenings: &mut Vec<Screening>, screening: Screening) {
+    match screenings.iter_mut().find(|s| s.domain == screening.domain && s.date == screening.date) {
+        Some(existing) => existing.positive |= screening.positive,
+        None => screenings.push(screening),
     }
 }
 
@@ -516,6 +598,57 @@ mod tests {
                 Referral { domain: HrsnDomain::Food, created: day("2026-01-14"), completed: None },
             ]
         );
+    }
+
+    #[test]
+    fn facts_do_not_depend_on_the_order_resources_arrive_in() {
+        let food = json!([{"coding": [{"system": SDOHCC_CODES, "code": "food-insecurity"}]}]);
+        let resources = vec![
+            json!({"resourceType": "Patient", "id": "keep", "gender": "female", "birthDate": "1970-01-01"}),
+            json!({"resourceType": "Patient", "id": "old", "link": [{"other": {"reference": "Patient/keep"}, "type": "replaced-by"}]}),
+            json!({"resourceType": "Coverage", "id": "c2", "status": "active", "order": 1,
+                "beneficiary": {"reference": "Patient/old"}, "type": {"text": "Medicare"}}),
+            json!({"resourceType": "Coverage", "id": "c1", "status": "active", "order": 1,
+                "beneficiary": {"reference": "Patient/keep"}, "type": {"text": "Medicaid"}}),
+            json!({"resourceType": "Encounter", "status": "finished", "subject": {"reference": "Patient/old"},
+                "period": {"start": "2026-01-10"}}),
+            json!({"resourceType": "Observation", "status": "final", "category": food, "subject": {"reference": "Patient/old"},
+                "effectiveDateTime": "2026-01-10", "interpretation": [{"coding": [{"code": "POS"}]}]}),
+            json!({"resourceType": "Observation", "status": "final", "category": food, "subject": {"reference": "Patient/keep"},
+                "effectiveDateTime": "2026-01-10"}),
+            json!({"resourceType": "ServiceRequest", "id": "sr1", "status": "active", "category": food,
+                "subject": {"reference": "Patient/old"}, "authoredOn": "2026-01-12"}),
+            json!({"resourceType": "Task", "status": "completed", "focus": {"reference": "ServiceRequest/sr1"},
+                "executionPeriod": {"end": "2026-01-20"}}),
+            json!({"resourceType": "Encounter", "status": "finished", "subject": {"reference": "Patient/nobody"},
+                "period": {"start": "2026-01-11"}}),
+        ];
+        let build = |order: &[Value]| {
+            let mut builder = FactsBuilder::new(None);
+            for r in order {
+                match r["resourceType"].as_str().unwrap() {
+                    "Patient" => builder.add_patient(r),
+                    "Coverage" => builder.add_coverage(r),
+                    "Encounter" => builder.add_encounter(r),
+                    "Observation" => builder.add_observation(r),
+                    "ServiceRequest" => builder.add_service_request(r),
+                    _ => builder.add_task(r),
+                }
+            }
+            builder.finish()
+        };
+        let forward = build(&resources);
+        let reversed: Vec<Value> = resources.iter().rev().cloned().collect();
+        assert_eq!(forward, build(&reversed));
+        assert_eq!(forward.len(), 1, "the merged-away patient and the one without a Patient are not counted");
+        let facts = &forward[0];
+        assert_eq!(facts.payer.as_deref(), Some("Medicaid"), "equal orders: the lowest Coverage id");
+        assert_eq!(facts.encounters, vec![day("2026-01-10")]);
+        assert_eq!(
+            facts.screenings,
+            vec![Screening { domain: HrsnDomain::Food, date: day("2026-01-10"), positive: true }]
+        );
+        assert_eq!(facts.referrals[0].completed, Some(day("2026-01-20")));
     }
 
     #[test]

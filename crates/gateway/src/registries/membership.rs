@@ -26,6 +26,30 @@ pub const BACKFILL_QUEUE: &str = "registry-backfill";
 /// Patients read per page by a backfill.
 const BACKFILL_PAGE: u32 = 500;
 
+/// A Group rebuild rewrites every member (the Group version, its history copy and one index row per member), so
+/// its cost grows with the registry. Rebuilt on every change, a registry filling up with N members costs O(N^2):
+/// loading 50,000 members through the FHIR API had not finished after 14 minutes, the one SQLite writer busy
+/// rewriting the Group. So a rebuild is queued to run this many times its last duration after the change that
+/// asks for it (changes meanwhile join the waiting job): rebuilds take at most about 1/(1+this) of the time, and
+/// loading stays linear. A small registry rebuilds at once; the records feed and exports never wait for the Group.
+const GROUP_REBUILD_SPACING: u32 = 10;
+/// Upper bound of that delay.
+const GROUP_REBUILD_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long this process's last Group rebuild took, in microseconds.
+static LAST_GROUP_REBUILD_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// When a Group rebuild queued now should run: see [`GROUP_REBUILD_SPACING`].
+fn group_rebuild_at() -> store::Timestamp {
+    let last = std::time::Duration::from_micros(LAST_GROUP_REBUILD_US.load(std::sync::atomic::Ordering::Relaxed));
+    let delay = group_rebuild_delay(last);
+    store::Timestamp(store::Timestamp::now().micros() + delay.as_micros() as i64)
+}
+
+/// The delay before a Group rebuild, given how long the last one took.
+pub fn group_rebuild_delay(last_rebuild: std::time::Duration) -> std::time::Duration {
+    last_rebuild.saturating_mul(GROUP_REBUILD_SPACING).min(GROUP_REBUILD_MAX_DELAY)
+}
+
 /// Members per page when a Group is rebuilt.
 const GROUP_PAGE: u32 = 1000;
 /// Resources per page when a patient's data is read.
@@ -168,35 +192,71 @@ pub async fn refresh_patient(
 ) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
     tx.serialize_on(&format!("registry-patient:{patient_id}")).await?;
+    let today = Utc::now().date_naive();
+    let data = read_patient_data(&mut tx, registries, patient_id, today).await?;
+    let changed = record_evaluation(&mut tx, registries, patient_id, data.as_ref(), today).await?;
+    for job in jobs {
+        tx.complete_job(job).await?;
+    }
+    tx.commit().await?;
+    metrics::counter!("registry_records_changed_total").increment(changed);
+    Ok(())
+}
+
+/// The patient's current data as membership and records need it: `None` when the Patient is absent or deleted.
+/// The resources a record carries are read only when the patient belongs to some registry.
+async fn read_patient_data(
+    tx: &mut StoreTx,
+    registries: &RegistrySet,
+    patient_id: &str,
+    today: chrono::NaiveDate,
+) -> Result<Option<PatientData>, StoreError> {
     let patient = tx
         .read("Patient", patient_id)
         .await?
         .filter(|p| !p.deleted)
         .and_then(|p| serde_json::from_str::<Value>(p.content.as_deref()?).ok());
-    let today = Utc::now().date_naive();
-    let mut data = PatientData::default();
-    let mut memberships = Vec::new();
-    if let Some(patient) = patient {
-        data.conditions = referring(&mut tx, "Condition", "subject", patient_id).await?;
-        let facts = registry_patient(&patient, &data.conditions);
-        data.patient = patient;
-        for registry in registries.iter() {
-            memberships.push(sdoh::registry::is_member(&registry.definition, &facts, today));
+    let Some(patient) = patient else { return Ok(None) };
+    let mut data =
+        PatientData { conditions: referring(tx, "Condition", "subject", patient_id).await?, ..PatientData::default() };
+    let facts = registry_patient(&patient, &data.conditions);
+    data.patient = patient;
+    if registries.iter().any(|r| sdoh::registry::is_member(&r.definition, &facts, today).is_some()) {
+        data.observations = referring(tx, "Observation", "subject", patient_id).await?;
+        data.service_requests = referring(tx, "ServiceRequest", "subject", patient_id).await?;
+        data.tasks = referring(tx, "Task", "subject", patient_id).await?;
+        data.encounters = referring(tx, "Encounter", "subject", patient_id).await?;
+        data.coverages = referring(tx, "Coverage", "beneficiary", patient_id).await?;
+    }
+    Ok(Some(data))
+}
+
+/// Evaluates the patient's `data` (`None`: no live Patient) against every enabled registry and records, inside
+/// `tx`, each row that changed (membership, period or record) with the registry's next change sequence, queuing a
+/// Group rebuild when a membership changed. Returns how many rows changed. The caller holds the patient's
+/// serialization and commits; a bulk loader that has just written a patient's resources in `tx` passes them here
+/// instead of reading them back.
+pub async fn record_evaluation(
+    tx: &mut StoreTx,
+    registries: &RegistrySet,
+    patient_id: &str,
+    data: Option<&PatientData>,
+    today: chrono::NaiveDate,
+) -> Result<u64, StoreError> {
+    let empty = PatientData::default();
+    let memberships: Vec<_> = match data {
+        Some(data) => {
+            let facts = registry_patient(&data.patient, &data.conditions);
+            registries.iter().map(|r| sdoh::registry::is_member(&r.definition, &facts, today)).collect()
         }
-    } else {
-        memberships.resize(registries.iter().count(), None);
-    }
-    if memberships.iter().any(Option::is_some) {
-        data.observations = referring(&mut tx, "Observation", "subject", patient_id).await?;
-        data.service_requests = referring(&mut tx, "ServiceRequest", "subject", patient_id).await?;
-        data.tasks = referring(&mut tx, "Task", "subject", patient_id).await?;
-        data.encounters = referring(&mut tx, "Encounter", "subject", patient_id).await?;
-        data.coverages = referring(&mut tx, "Coverage", "beneficiary", patient_id).await?;
-    }
+        None => vec![None; registries.iter().count()],
+    };
+    let data = data.unwrap_or(&empty);
     let mut changed = 0;
     for (registry, membership) in registries.iter().zip(memberships) {
         let existing = tx.registry_member(registry.id(), patient_id).await?;
-        let next = match (&membership, build_record(registry, &data, today)) {
+        let record = membership.as_ref().and_then(|_| build_record(registry, data, today));
+        let next = match (&membership, record) {
             (Some(m), Some((pseudonym, record))) => RegistryMember {
                 registry_id: registry.id().into(),
                 patient_id: patient_id.into(),
@@ -236,17 +296,12 @@ pub async fn refresh_patient(
         if !same_membership {
             let payload = json!({"registry": registry.id()}).to_string();
             if !tx.has_waiting_job(GROUP_QUEUE, &payload).await? {
-                tx.enqueue(&NewJob::new(GROUP_QUEUE, payload)).await?;
+                tx.enqueue(&NewJob::new(GROUP_QUEUE, payload).run_at(group_rebuild_at())).await?;
             }
             tracing::info!(registry = registry.id(), member = next.member, "registry membership changed");
         }
     }
-    for job in jobs {
-        tx.complete_job(job).await?;
-    }
-    tx.commit().await?;
-    metrics::counter!("registry_records_changed_total").increment(changed);
-    Ok(())
+    Ok(changed)
 }
 
 /// Queues a backfill for every enabled registry whose key fingerprint is new to the store (enabled for the first
@@ -361,6 +416,7 @@ pub(super) async fn run_group_job(store: &Store, registries: &RegistrySet, job: 
 /// The registry's Group (`Group/registry-<id>`) from the membership table, written when it differs from the
 /// stored one, with the job's completion.
 async fn write_group(store: &Store, registries: &RegistrySet, registry_id: &str, job: &Job) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     let registry = registries.get(registry_id).ok_or_else(|| StoreError::Invalid("unknown registry".into()))?;
     let mut members = Vec::new();
     let mut after: Option<String> = None;
@@ -415,6 +471,28 @@ async fn write_group(store: &Store, registries: &RegistrySet, registry_id: &str,
     }
     tx.complete_job(job).await?;
     tx.commit().await?;
-    tracing::info!(registry = registry_id, written = !unchanged, "registry group rebuilt");
+    let took = started.elapsed();
+    LAST_GROUP_REBUILD_US.store(took.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        registry = registry_id,
+        written = !unchanged,
+        took_ms = took.as_millis() as u64,
+        "registry group rebuilt"
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::group_rebuild_delay;
+
+    #[test]
+    fn group_rebuilds_wait_in_proportion_to_their_cost_within_a_bound() {
+        assert_eq!(group_rebuild_delay(Duration::ZERO), Duration::ZERO, "a small registry rebuilds at once");
+        assert_eq!(group_rebuild_delay(Duration::from_millis(40)), Duration::from_millis(400));
+        assert_eq!(group_rebuild_delay(Duration::from_secs(2)), Duration::from_secs(20));
+        assert_eq!(group_rebuild_delay(Duration::from_secs(3600)), Duration::from_secs(300));
+    }
 }
