@@ -192,30 +192,7 @@ enum Upsert {
     Kept,
 }
 
-/// Writes `resource` unless the current version already says the same; with `only_if_absent`, never replaces a
-/// live resource; with `only_if_present`, never creates one (retractions).
-async fn upsert(
-    tx: &mut store::StoreTx,
-    resource: Value,
-    only_if_absent: bool,
-    only_if_present: bool,
-) -> Result<Upsert, StoreError> {
-    let (resource_type, id) =
-        type_and_id(&resource).ok_or_else(|| StoreError::Invalid("resource without resourceType or id".into()))?;
-    let live = tx.read(&resource_type, &id).await?.filter(|c| !c.deleted);
-    match &live {
-        Some(_) if only_if_absent => return Ok(Upsert::Kept),
-        None if only_if_present => return Ok(Upsert::Kept),
-        Some(current) if current.content.as_deref().is_some_and(|c| same_content(c, &resource)) => {
-            return Ok(Upsert::Unchanged);
-        }
-        _ => {}
-    }
-    fhir_server::rest::write::put(tx, resource, store::Precondition::None).await?;
-    Ok(Upsert::Written)
-}
-
-/// A resource for [`upsert_all`], with the rule for when it may be written.
+/// A resource to write unless the current version already says the same, with the rule for when it may be written.
 struct Candidate {
     resource: Value,
     /// Never replace a live resource (stand-ins).
@@ -224,34 +201,40 @@ struct Candidate {
     only_if_present: bool,
 }
 
-/// [`upsert`] for a whole conversion or normalization, in order, with one read for all of them and the brand-new
-/// ones (ids never stored) created with bulk inserts: a screening's ten-odd resources cost a handful of statements
-/// instead of four each.
+/// Writes each candidate in order unless the stored version already says the same (apart from `meta`): a whole
+/// conversion or normalization costs one read for all of them, and the brand-new ones (ids never stored) are
+/// created with bulk inserts, instead of a read, a read-for-update and two inserts each. A resource repeated in the
+/// list starts a new run, so it sees the earlier write as one at a time would.
 async fn upsert_all(tx: &mut store::StoreTx, candidates: Vec<Candidate>) -> Result<Vec<Upsert>, StoreError> {
-    let mut keys = Vec::with_capacity(candidates.len());
-    for c in &candidates {
-        keys.push(
-            type_and_id(&c.resource)
-                .ok_or_else(|| StoreError::Invalid("resource without resourceType or id".into()))?,
-        );
-    }
-    let distinct: std::collections::HashSet<&(String, String)> = keys.iter().collect();
-    if distinct.len() < keys.len() {
-        // The same resource twice: the second sees the first, as one at a time.
-        let mut outcomes = Vec::with_capacity(candidates.len());
-        for c in candidates {
-            outcomes.push(upsert(tx, c.resource, c.only_if_absent, c.only_if_present).await?);
-        }
-        return Ok(outcomes);
-    }
-    let lookup: Vec<(&str, &str)> = keys.iter().map(|(t, i)| (t.as_str(), i.as_str())).collect();
-    let stored = tx.read_many(&lookup).await?;
     let mut outcomes = Vec::with_capacity(candidates.len());
+    let mut run: Vec<(Candidate, (String, String))> = Vec::new();
+    for candidate in candidates {
+        let key = type_and_id(&candidate.resource)
+            .ok_or_else(|| StoreError::Invalid("resource without resourceType or id".into()))?;
+        if run.iter().any(|(_, k)| *k == key) {
+            outcomes.extend(upsert_run(tx, std::mem::take(&mut run)).await?);
+        }
+        run.push((candidate, key));
+    }
+    outcomes.extend(upsert_run(tx, run).await?);
+    Ok(outcomes)
+}
+
+/// [`upsert_all`] for candidates with distinct ids.
+async fn upsert_run(
+    tx: &mut store::StoreTx,
+    run: Vec<(Candidate, (String, String))>,
+) -> Result<Vec<Upsert>, StoreError> {
+    if run.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lookup: Vec<(&str, &str)> = run.iter().map(|(_, (t, i))| (t.as_str(), i.as_str())).collect();
+    let stored = tx.read_many(&lookup).await?;
+    let mut outcomes = Vec::with_capacity(run.len());
     let mut creates = Vec::new();
-    for (c, key) in candidates.into_iter().zip(&keys) {
-        let current = stored.get(key);
-        let live = current.filter(|s| !s.deleted);
-        let outcome = match live {
+    for (c, key) in run {
+        let current = stored.get(&key);
+        let outcome = match current.filter(|s| !s.deleted) {
             Some(_) if c.only_if_absent => Upsert::Kept,
             None if c.only_if_present => Upsert::Kept,
             Some(s) if s.content.as_deref().is_some_and(|content| same_content(content, &c.resource)) => {

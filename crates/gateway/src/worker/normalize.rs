@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde_json::Value;
 use store::{HistoryQuery, Job, Store, StoreError, Timestamp};
 
-use super::{Candidate, Upsert, dead_letter, retry_later, same_content, upsert, upsert_all};
+use super::{Candidate, Upsert, dead_letter, retry_later, same_content, upsert_all};
 
 /// The gateway as the author of derived resources (Provenance agent, Condition asserter).
 pub const AGENT: &str = "Device/sdoh-gateway";
@@ -50,7 +50,7 @@ pub async fn ensure_device(store: &Store) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
     // Replicas starting together must not both create it.
     tx.serialize_on("device:sdoh-gateway").await?;
-    upsert(&mut tx, device, true, false).await?;
+    upsert_all(&mut tx, vec![Candidate { resource: device, only_if_absent: true, only_if_present: false }]).await?;
     tx.commit().await
 }
 
@@ -169,7 +169,7 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
         let Some(stored) = stored.content.as_deref() else { continue };
         let Ok(content) = serde_json::from_str::<Value>(stored) else { continue };
         let retraction = sdoh::retract(&content);
-        // The stored version was just read: write it directly rather than through `upsert`, which reads again.
+        // The stored version was just read: write it directly rather than through `upsert_all`, which reads again.
         if !same_content(stored, &retraction) {
             fhir_server::rest::write::put(&mut tx, retraction, store::Precondition::None).await?;
             retracted += 1;
