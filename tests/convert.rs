@@ -24,22 +24,8 @@ fn version(resource: &Value) -> String {
     resource["meta"]["versionId"].as_str().expect("versionId").to_owned()
 }
 
-/// A conformance message with its MSH-10 replaced, so every run sends fresh control ids.
 fn message(name: &str, control_id: &str) -> Vec<u8> {
-    let raw = std::fs::read_to_string(workspace_root().join("conformance/v2fhir").join(name)).expect("message file");
-    let raw = raw.trim_end().replace("\r\n", "\r").replace('\n', "\r");
-    let mut segments: Vec<String> = raw.split('\r').map(str::to_owned).collect();
-    let mut msh: Vec<String> = segments[0].split('|').map(str::to_owned).collect();
-    msh[9] = control_id.to_owned();
-    segments[0] = msh.join("|");
-    segments.join("\r").into_bytes()
-}
-
-fn send_acked(addr: SocketAddr, message: &[u8]) {
-    let mut stream = TcpStream::connect(addr).expect("connect to MLLP");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let ack = send(&mut stream, message).expect("an ACK");
-    assert_eq!(field(&ack, "MSA", 1).as_deref(), Some("AA"), "{}", String::from_utf8_lossy(&ack));
+    conformance_message(name, control_id, &[])
 }
 
 /// The journal entry of a control id, from the admin API.

@@ -571,26 +571,10 @@ fn measures_are_open_to_admin_ehr_and_registry_clients_not_cbos() {
     let dir = temp_dir();
     let db_url = format!("sqlite:{}", dir.path().join("auth.db").display());
     let client = |role: &str| -> String {
-        let (status, out, err) = run(
-            dir.path(),
-            &[
-                "--database-url",
-                &db_url,
-                "clients",
-                "add",
-                "--name",
-                role,
-                "--role",
-                role,
-                "--organization",
-                &format!("Organization/{role}-org"),
-                "--json",
-            ],
-            &[],
-        );
-        assert!(status.success(), "clients add: {err}");
-        let v: Value = serde_json::from_str(out.trim()).unwrap();
-        v["token"].as_str().unwrap().to_owned()
+        add_client(dir.path(), &db_url, role, role, &format!("Organization/{role}-org"))["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     let (ehr, cbo, registry) = (client("ehr"), client("cbo"), client("registry"));
     let mut gateway = Gateway::start(
@@ -679,25 +663,7 @@ fn dashboard_draws_charts_and_marks_suppressed_cells_in_headless_chromium() {
     let dir = temp_dir();
     let db_url = format!("sqlite:{}", dir.path().join("dashboard.db").display());
     let client = |role: &str| -> String {
-        let (status, out, err) = run(
-            dir.path(),
-            &[
-                "--database-url",
-                &db_url,
-                "clients",
-                "add",
-                "--name",
-                role,
-                "--role",
-                role,
-                "--organization",
-                "Organization/clinic",
-                "--json",
-            ],
-            &[],
-        );
-        assert!(status.success(), "clients add: {err}");
-        serde_json::from_str::<Value>(out.trim()).unwrap()["token"].as_str().unwrap().to_owned()
+        add_client(dir.path(), &db_url, role, role, "Organization/clinic")["token"].as_str().unwrap().to_owned()
     };
     // An operator loads the population (referral Tasks already completed); an EHR client looks at the dashboard.
     let (admin, token) = (client("admin"), client("ehr"));

@@ -7,36 +7,15 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::mllp::{field, send};
+use support::mllp::field;
 use support::*;
 
 const DEADLINE: Duration = WAIT_DEADLINE;
-
-/// A conformance message with its MSH-10 replaced and other text substituted.
-fn message(name: &str, control_id: &str, replace: &[(&str, &str)]) -> Vec<u8> {
-    let raw = std::fs::read_to_string(workspace_root().join("conformance/v2fhir").join(name)).expect("message file");
-    let mut raw = raw.trim_end().replace("\r\n", "\r").replace('\n', "\r");
-    for (from, to) in replace {
-        raw = raw.replace(from, to);
-    }
-    let mut segments: Vec<String> = raw.split('\r').map(str::to_owned).collect();
-    let mut msh: Vec<String> = segments[0].split('|').map(str::to_owned).collect();
-    msh[9] = control_id.to_owned();
-    segments[0] = msh.join("|");
-    segments.join("\r").into_bytes()
-}
-
-fn send_acked(addr: SocketAddr, message: &[u8]) {
-    let mut stream = TcpStream::connect(addr).expect("connect to MLLP");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let ack = send(&mut stream, message).expect("an ACK");
-    assert_eq!(field(&ack, "MSA", 1).as_deref(), Some("AA"), "{}", String::from_utf8_lossy(&ack));
-}
 
 /// The journal entry of `control_id` once converted.
 fn wait_converted(addr: SocketAddr, control_id: &str) {
@@ -134,7 +113,7 @@ fn referral_status_round_trip(db_url: &str) {
     let (http_addr, mllp_addr) = gw.wait_ready_both();
 
     // REF^I12 in -> SDOHCC ServiceRequest + referral Task, which remembers the REF in meta.source.
-    send_acked(mllp_addr, &message("ref_i12.hl7", "RS-REF-1", &[]));
+    send_acked(mllp_addr, &conformance_message("ref_i12.hl7", "RS-REF-1", &[]));
     wait_converted(http_addr, "RS-REF-1");
     let task = task_from(http_addr, "RS-REF-1");
     assert_eq!(task["status"], "requested");
@@ -226,11 +205,11 @@ fn referral_status_round_trip(db_url: &str) {
 
     // The EHR's own update (REF^I14 cancelling a referral still open) changes the Task but is not echoed back to
     // it. (The completed referral above is final: the referral state machine allows no move out of completed.)
-    let second = message("ref_i12.hl7", "RS-REF-4", &[("REF00000001", "REF00000088")]);
+    let second = conformance_message("ref_i12.hl7", "RS-REF-4", &[("REF00000001", "REF00000088")]);
     send_acked(mllp_addr, &second);
     wait_converted(http_addr, "RS-REF-4");
     let second_id = task_from(http_addr, "RS-REF-4")["id"].as_str().unwrap().to_owned();
-    let i14 = message(
+    let i14 = conformance_message(
         "ref_i14.hl7",
         "RS-REF-2",
         &[("RF1|A^Accepted^HL70283", "RF1|E^Expired^HL70283"), ("REF00000001", "REF00000088")],
@@ -241,7 +220,7 @@ fn referral_status_round_trip(db_url: &str) {
     assert_eq!(cancelled["status"], "cancelled");
     // An I14 that would move the completed referral breaks the referral state machine: the entry fails with the
     // reason, the Task stays completed.
-    let late = message("ref_i14.hl7", "RS-REF-5", &[("RF1|A^Accepted^HL70283", "RF1|E^Expired^HL70283")]);
+    let late = conformance_message("ref_i14.hl7", "RS-REF-5", &[("RF1|A^Accepted^HL70283", "RF1|E^Expired^HL70283")]);
     send_acked(mllp_addr, &late);
     let failed = wait_for("RS-REF-5 failed", || {
         let listed = get_json(http_addr, "/admin/messages?status=failed&limit=100");
@@ -255,7 +234,8 @@ fn referral_status_round_trip(db_url: &str) {
     assert_eq!(get_json(http_addr, "/admin/outbound?destination=clinic")["messages"].as_array().unwrap().len(), 3);
 
     // A referral from an EHR with no outbound destination: its status change is counted, nothing is sent.
-    let other = message("ref_i12.hl7", "RS-REF-3", &[("|EPIC|", "|OTHER-EHR|"), ("REF00000001", "REF00000077")]);
+    let other =
+        conformance_message("ref_i12.hl7", "RS-REF-3", &[("|EPIC|", "|OTHER-EHR|"), ("REF00000001", "REF00000077")]);
     send_acked(mllp_addr, &other);
     wait_converted(http_addr, "RS-REF-3");
     let mut other_task = task_from(http_addr, "RS-REF-3");
@@ -359,7 +339,7 @@ fn referral_status_goes_to_a_mutual_tls_destination() {
     let mut gw =
         Gateway::start(dir.path(), &["--config", &config, "--database-url", &url, "--http-listen", "127.0.0.1:0"], &[]);
     let (http_addr, mllp_addr) = gw.wait_ready_both();
-    send_acked(mllp_addr, &message("ref_i12.hl7", "RS-TLS-1", &[]));
+    send_acked(mllp_addr, &conformance_message("ref_i12.hl7", "RS-TLS-1", &[]));
     wait_converted(http_addr, "RS-TLS-1");
     let mut task = task_from(http_addr, "RS-TLS-1");
     task["status"] = json!("rejected");

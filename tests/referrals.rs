@@ -20,26 +20,8 @@ struct Client {
     client_id: String,
 }
 
-fn add_client(dir: &std::path::Path, db_url: &str, role: &str, org: &str) -> Client {
-    let (status, out, err) = run(
-        dir,
-        &[
-            "--database-url",
-            db_url,
-            "clients",
-            "add",
-            "--name",
-            &format!("{role} {org}"),
-            "--role",
-            role,
-            "--organization",
-            org,
-            "--json",
-        ],
-        &[],
-    );
-    assert!(status.success(), "clients add: {err}");
-    let v: Value = serde_json::from_str(out.trim()).expect("clients add --json prints one object");
+fn client(dir: &std::path::Path, db_url: &str, role: &str, org: &str) -> Client {
+    let v = add_client(dir, db_url, &format!("{role} {org}"), role, org);
     assert_eq!(v["role"], role);
     assert_eq!(v["organization"], org);
     Client { token: v["token"].as_str().unwrap().to_owned(), client_id: v["client_id"].as_str().unwrap().to_owned() }
@@ -51,9 +33,8 @@ struct Api {
 
 impl Api {
     fn call(&self, who: &Client, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let auth = format!("Bearer {}", who.token);
         let body = body.map(Value::to_string);
-        let (status, _, text) = http_with(self.addr, method, path, &[("Authorization", &auth)], body.as_deref());
+        let (status, _, text) = http_as(self.addr, &who.token, method, path, &[], body.as_deref());
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
@@ -256,11 +237,11 @@ const OUTSIDE: &[&str] = &["Observation/obs-private", "Patient/pat-2", "Conditio
 
 fn referral_lifecycle(db_url: &str) {
     let dir = temp_dir();
-    let admin = add_client(dir.path(), db_url, "admin", "Organization/gateway-ops");
-    let ehr = add_client(dir.path(), db_url, "ehr", "Organization/clinic");
-    let cbo_a = add_client(dir.path(), db_url, "cbo", "Organization/cbo-a");
-    let cbo_b = add_client(dir.path(), db_url, "cbo", "Organization/cbo-b");
-    let registry = add_client(dir.path(), db_url, "registry", "Organization/registry");
+    let admin = client(dir.path(), db_url, "admin", "Organization/gateway-ops");
+    let ehr = client(dir.path(), db_url, "ehr", "Organization/clinic");
+    let cbo_a = client(dir.path(), db_url, "cbo", "Organization/cbo-a");
+    let cbo_b = client(dir.path(), db_url, "cbo", "Organization/cbo-b");
+    let registry = client(dir.path(), db_url, "registry", "Organization/registry");
     let mut gw = Gateway::start(
         dir.path(),
         &["--database-url", db_url, "--http-listen", "127.0.0.1:0"],
@@ -495,9 +476,9 @@ fn referral_lifecycle(db_url: &str) {
 /// A coordination platform (CBO A) passes the referral on to CBO B as a sub-Task with its own ServiceRequest.
 fn coordination_platform_subtask(db_url: &str) {
     let dir = temp_dir();
-    let ehr = add_client(dir.path(), db_url, "ehr", "Organization/clinic");
-    let platform = add_client(dir.path(), db_url, "cbo", "Organization/cbo-a");
-    let provider = add_client(dir.path(), db_url, "cbo", "Organization/cbo-b");
+    let ehr = client(dir.path(), db_url, "ehr", "Organization/clinic");
+    let platform = client(dir.path(), db_url, "cbo", "Organization/cbo-a");
+    let provider = client(dir.path(), db_url, "cbo", "Organization/cbo-b");
     let mut gw = Gateway::start(
         dir.path(),
         &["--database-url", db_url, "--http-listen", "127.0.0.1:0"],

@@ -8,7 +8,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
@@ -25,26 +25,8 @@ struct Client {
     token: String,
 }
 
-fn add_client(dir: &Path, db_url: &str, role: &str) -> Client {
-    let (status, out, err) = run(
-        dir,
-        &[
-            "--database-url",
-            db_url,
-            "clients",
-            "add",
-            "--name",
-            role,
-            "--role",
-            role,
-            "--organization",
-            &format!("Organization/{role}-org"),
-            "--json",
-        ],
-        &[],
-    );
-    assert!(status.success(), "clients add: {err}");
-    let v: Value = serde_json::from_str(out.trim()).expect("clients add --json prints one object");
+fn client(dir: &Path, db_url: &str, role: &str) -> Client {
+    let v = add_client(dir, db_url, role, role, &format!("Organization/{role}-org"));
     Client { token: v["token"].as_str().unwrap().to_owned() }
 }
 
@@ -61,11 +43,8 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> (u16, String, String) {
-        let auth = format!("Bearer {}", who.token);
-        let mut all = vec![("Authorization", auth.as_str())];
-        all.extend_from_slice(headers);
         let body = body.map(Value::to_string);
-        http_with(self.addr, method, path, &all, body.as_deref())
+        http_as(self.addr, &who.token, method, path, headers, body.as_deref())
     }
 
     fn get(&self, who: &Client, path: &str) -> (u16, Value) {
@@ -90,17 +69,6 @@ impl Api {
 fn path_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest[rest.find('/').unwrap()..].to_owned()
-}
-
-fn poll<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn diabetes_condition(id: &str, patient: &str, verification: &str) -> Value {
@@ -201,7 +169,7 @@ fn bulk_export(api: &Api, who: &Client, kick_off: &str) -> (Value, Vec<(String, 
     let (status, head, body) = api.kick_off(who, kick_off);
     assert_eq!(status, 202, "{body}");
     let status_url = path_of(&header_value(&head, "Content-Location").expect("Content-Location"));
-    let manifest = poll("the export", Duration::from_secs(60), || {
+    let manifest = wait_within("the export", Duration::from_secs(60), || {
         let (status, head, body) = api.send(who, "GET", &status_url, &[], None);
         match status {
             202 => {
@@ -258,9 +226,9 @@ fn start(dir: &Path, db_url: &str, extra: &[(&str, &str)]) -> (Gateway, Api) {
 
 fn registries_end_to_end(db_url: &str) {
     let dir = temp_dir();
-    let admin = add_client(dir.path(), db_url, "admin");
-    let ehr = add_client(dir.path(), db_url, "ehr");
-    let registry = add_client(dir.path(), db_url, "registry");
+    let admin = client(dir.path(), db_url, "admin");
+    let ehr = client(dir.path(), db_url, "ehr");
+    let registry = client(dir.path(), db_url, "registry");
     let (mut gw, api) = start(dir.path(), db_url, &[]);
 
     // Roles: registry clients get the registry endpoints, not the clinical API; clinics get no registry records.
@@ -275,7 +243,7 @@ fn registries_end_to_end(db_url: &str) {
     seed_rivera(&api, &ehr);
     api.put(&ehr, &patient("pat-young", "Young", "MRN-9", "2015-01-01"));
     api.put(&ehr, &diabetes_condition("cond-young", "pat-young", "confirmed"));
-    let members = poll("Rivera joining the diabetes Group", Duration::from_secs(30), || {
+    let members = wait_within("Rivera joining the diabetes Group", Duration::from_secs(30), || {
         let m = group_members(&api, &admin);
         m.iter().any(|(r, _)| r == "Patient/pat-rivera").then_some(m)
     });
@@ -325,7 +293,9 @@ fn registries_end_to_end(db_url: &str) {
     let between = store::format_instant(store::Timestamp::now());
     api.put(&ehr, &patient("pat-okafor", "Okafor", "MRN-5502", "1950-02-02"));
     api.put(&ehr, &diabetes_condition("cond-dm-2", "pat-okafor", "confirmed"));
-    poll("Okafor joining", Duration::from_secs(30), || (entries(&feed(&api, &registry, "")).len() == 2).then_some(()));
+    wait_within("Okafor joining", Duration::from_secs(30), || {
+        (entries(&feed(&api, &registry, "")).len() == 2).then_some(())
+    });
     let page1 = feed(&api, &registry, "?_count=1");
     assert_eq!(entries(&page1).len(), 1);
     assert_eq!(entries(&page1)[0]["resource"]["id"], pseudonym, "change order: Rivera first");
@@ -387,11 +357,11 @@ fn registries_end_to_end(db_url: &str) {
 
     // Entered-in-error removes the member from the Group, and the feed says so.
     api.put(&ehr, &diabetes_condition("cond-dm", "pat-rivera", "entered-in-error"));
-    poll("Rivera leaving the Group", Duration::from_secs(30), || {
+    wait_within("Rivera leaving the Group", Duration::from_secs(30), || {
         let m = group_members(&api, &admin);
         (m.len() == 1 && m[0].0 == "Patient/pat-okafor").then_some(())
     });
-    let removal = poll("the removal in the feed", Duration::from_secs(10), || {
+    let removal = wait_within("the removal in the feed", Duration::from_secs(10), || {
         entries(&feed(&api, &registry, "")).into_iter().find(|e| e["request"]["method"] == "DELETE")
     });
     assert_eq!(removal["request"]["url"], format!("Bundle/{pseudonym}"));
@@ -400,7 +370,7 @@ fn registries_end_to_end(db_url: &str) {
     let (status, head, _) = api.kick_off(&registry, "/fhir/Group/registry-diabetes/$export");
     assert_eq!(status, 202);
     let status_url = path_of(&header_value(&head, "Content-Location").unwrap());
-    let manifest: Value = poll("the export", Duration::from_secs(60), || {
+    let manifest: Value = wait_within("the export", Duration::from_secs(60), || {
         let (status, _, body) = api.send(&registry, "GET", &status_url, &[], None);
         (status == 200).then(|| serde_json::from_str(&body).unwrap())
     });
@@ -412,7 +382,7 @@ fn registries_end_to_end(db_url: &str) {
     let (status, _, _) = api.send(&registry, "GET", &file_url, &[], None);
     assert_eq!(status, 404);
     let export_id = status_url.rsplit('/').next().unwrap().to_owned();
-    poll("the cancelled export's folder removed", Duration::from_secs(10), || {
+    wait_within("the cancelled export's folder removed", Duration::from_secs(10), || {
         (!dir.path().join("exports").join(&export_id).exists()).then_some(())
     });
     gw.terminate();
@@ -448,7 +418,7 @@ fn registries_end_to_end(db_url: &str) {
     let (status, head, _) = api.kick_off(&admin, "/fhir/Group/registry-diabetes/$export?_type=Patient");
     assert_eq!(status, 202);
     let status_url = path_of(&header_value(&head, "Content-Location").unwrap());
-    poll("the export to complete and then expire", Duration::from_secs(60), || {
+    wait_within("the export to complete and then expire", Duration::from_secs(60), || {
         let (status, _, _) = api.send(&admin, "GET", &status_url, &[], None);
         (status == 404).then_some(())
     });
@@ -547,7 +517,7 @@ fn a_registry_enabled_later_evaluates_the_data_already_stored() {
         [("SDOH_GATEWAY_REGISTRIES__ENABLED", "[diabetes]"), ("SDOH_GATEWAY_REGISTRIES__KEYS__DIABETES", DIABETES_KEY)];
     let mut gw = Gateway::start(dir.path(), &args, &env);
     let addr = gw.wait_ready();
-    poll("the stored patient joining the Group", Duration::from_secs(30), || {
+    wait_within("the stored patient joining the Group", Duration::from_secs(30), || {
         let (status, _, body) = http(addr, "GET", "/fhir/Group/registry-diabetes", None);
         (status == 200 && body.contains("Patient/pat-rivera")).then_some(())
     });
@@ -586,10 +556,10 @@ fn a_condition_moved_to_another_patient_moves_the_membership() {
         (status == 200).then_some(m)
     };
     put(diabetes_condition("cond-dm", "pat-rivera", "confirmed"));
-    poll("Rivera joining", Duration::from_secs(30), || (members()? == ["Patient/pat-rivera"]).then_some(()));
+    wait_within("Rivera joining", Duration::from_secs(30), || (members()? == ["Patient/pat-rivera"]).then_some(()));
     // The coding clerk fixes the chart: the Condition was Okafor's.
     put(diabetes_condition("cond-dm", "pat-okafor", "confirmed"));
-    poll("the membership moving to Okafor", Duration::from_secs(30), || {
+    wait_within("the membership moving to Okafor", Duration::from_secs(30), || {
         (members()? == ["Patient/pat-okafor"]).then_some(())
     });
     gw.terminate();

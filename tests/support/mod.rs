@@ -123,8 +123,13 @@ pub fn run(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, Stri
 pub const WAIT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Polls `probe` until it yields a value, failing the test after [`WAIT_DEADLINE`].
-pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT_DEADLINE;
+pub fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    wait_within(what, WAIT_DEADLINE, probe)
+}
+
+/// Polls `probe` until it yields a value, failing the test after `within`.
+pub fn wait_within<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
     loop {
         if let Some(v) = probe() {
             return v;
@@ -132,6 +137,54 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Registers an API client with `sdoh-gateway clients add --json` and returns what it prints (token, client_id,
+/// role, organization).
+pub fn add_client(dir: &Path, db_url: &str, name: &str, role: &str, organization: &str) -> serde_json::Value {
+    let args =
+        ["--database-url", db_url, "clients", "add", "--name", name, "--role", role, "--organization", organization];
+    let (status, out, err) = run(dir, &[&args[..], &["--json"]].concat(), &[]);
+    assert!(status.success(), "clients add: {err}");
+    serde_json::from_str(out.trim()).expect("clients add --json prints one object")
+}
+
+/// An HTTP request with a client's bearer token.
+pub fn http_as(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let auth = format!("Bearer {token}");
+    let mut all = vec![("Authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    http_with(addr, method, path, &all, body)
+}
+
+/// A message of `conformance/v2fhir/` with its MSH-10 replaced (every run sends fresh control ids) and the given
+/// text substitutions made.
+pub fn conformance_message(name: &str, control_id: &str, replace: &[(&str, &str)]) -> Vec<u8> {
+    let raw = std::fs::read_to_string(workspace_root().join("conformance/v2fhir").join(name)).expect("message file");
+    let mut raw = raw.trim_end().replace("\r\n", "\r").replace('\n', "\r");
+    for (from, to) in replace {
+        raw = raw.replace(from, to);
+    }
+    let mut segments: Vec<String> = raw.split('\r').map(str::to_owned).collect();
+    let mut msh: Vec<String> = segments[0].split('|').map(str::to_owned).collect();
+    msh[9] = control_id.to_owned();
+    segments[0] = msh.join("|");
+    segments.join("\r").into_bytes()
+}
+
+/// Sends one message over MLLP and asserts it was accepted (MSA-1 = AA).
+pub fn send_acked(addr: SocketAddr, message: &[u8]) {
+    let mut stream = TcpStream::connect(addr).expect("connect to MLLP");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let ack = mllp::send(&mut stream, message).expect("an ACK");
+    assert_eq!(mllp::field(&ack, "MSA", 1).as_deref(), Some("AA"), "{}", String::from_utf8_lossy(&ack));
 }
 
 /// `GET path`, asserting 200, as JSON.
