@@ -326,17 +326,7 @@ pub(super) async fn run_job(workers: &RegistryWorkers, job: Job, shutdown: &Canc
     remove_dir(&dir).await;
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         tracing::error!(export_id = %export.id, error = %e, "cannot create the export folder");
-        let _ = store
-            .update_export(
-                &export.id,
-                ExportStatus::Failed,
-                None,
-                None,
-                Some("the export folder cannot be written"),
-                None,
-            )
-            .await;
-        let _ = store.complete(&job).await;
+        fail_export(store, &export.id, &job, "the export folder cannot be written").await;
         return;
     }
     let mut progress = JobProgress {
@@ -386,17 +376,7 @@ pub(super) async fn run_job(workers: &RegistryWorkers, job: Job, shutdown: &Canc
         Err(ExportError::Io(e)) => {
             tracing::error!(export_id = %export.id, error = %e, "export failed writing its files");
             remove_dir(&dir).await;
-            let _ = store
-                .update_export(
-                    &export.id,
-                    ExportStatus::Failed,
-                    None,
-                    None,
-                    Some("writing the export files failed"),
-                    None,
-                )
-                .await;
-            let _ = store.complete(&job).await;
+            fail_export(store, &export.id, &job, "writing the export files failed").await;
         }
     }
 }
@@ -420,4 +400,10 @@ pub(super) async fn remove_expired(store: Store, folder: PathBuf, shutdown: Canc
             }
         }
     }
+}
+
+/// Records an export as failed for a reason the client may read, and completes its job: retrying cannot help.
+async fn fail_export(store: &Store, export_id: &str, job: &Job, reason: &str) {
+    let _ = store.update_export(export_id, ExportStatus::Failed, None, None, Some(reason), None).await;
+    let _ = store.complete(job).await;
 }
