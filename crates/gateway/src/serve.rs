@@ -278,17 +278,27 @@ async fn checkpoint(store: store::Store, shutdown: CancellationToken) {
     }
     let mut every = tokio::time::interval(Duration::from_millis(200));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A failing checkpoint is reported when it starts failing, not five times a second.
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {
                 let started = tokio::time::Instant::now();
                 match store.checkpoint().await {
-                    Ok(()) => {
+                    Ok(progress) => {
                         metrics::histogram!("store_maintenance_seconds", "task" => "checkpoint").record(started.elapsed());
+                        if let Some(progress) = progress {
+                            metrics::gauge!("db_wal_pages").set(progress.wal_pages as f64);
+                        }
                         log_if_slow("WAL checkpoint", started.elapsed(), 0);
+                        failing = false;
                     }
-                    Err(e) => tracing::debug!(error = %e, "WAL checkpoint skipped"),
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints instead");
+                        failing = true;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed again"),
                 }
             }
         }

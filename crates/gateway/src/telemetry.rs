@@ -56,6 +56,10 @@ fn describe_metrics() {
     describe_gauge!("db_pool_connections", "Database pool connections, by pool and state (idle, busy)");
     describe_gauge!("db_pool_max_connections", "Database pool size limit, by pool");
     describe_counter!("db_commits_total", "SQLite commits made durable by the group WAL sync");
+    describe_gauge!(
+        "db_wal_pages",
+        "Pages in the SQLite write-ahead log at the last background checkpoint (it restarts once all are copied)"
+    );
     describe_counter!("db_wal_syncs_total", "WAL fsyncs of the group sync (commits per fsync = the ratio)");
     describe_gauge!("db_up", "1 when the database answered the last scrape's queries, else 0");
     describe_gauge!("jobs", "Background jobs by queue and state (ready, leased, dead); completed jobs are removed");

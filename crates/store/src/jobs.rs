@@ -116,29 +116,37 @@ impl Backoff {
     }
 }
 
+/// Jobs per multi-row INSERT (5 binds each, well under either backend's bind limit).
+const JOBS_PER_INSERT: usize = 200;
+
 const INSERT_JOB: &str = "INSERT INTO jobs (queue, payload, state, attempts, max_attempts, run_at_us, created_us) \
      VALUES ($1, $2, 'ready', 0, $3, $4, $5)";
 
 impl StoreTx {
-    /// Queues a job that becomes visible to workers when (and only if) this transaction commits.
+    /// Queues a job that becomes visible to workers when (and only if) this transaction commits. Jobs are
+    /// buffered and inserted with one multi-row statement (at commit, or before anything in this transaction reads
+    /// the queue), so a write that triggers several jobs per resource costs no statement per job.
     pub async fn enqueue(&mut self, job: &NewJob) -> Result<()> {
-        let now = Timestamp::now();
-        with_tx_conn!(self, conn => {
-            sqlx::query(INSERT_JOB)
-                .bind(&job.queue)
-                .bind(&job.payload)
-                .bind(job.max_attempts)
-                .bind(job.run_at.unwrap_or(now).micros())
-                .bind(now.micros())
-                .execute(&mut *conn)
-                .await?;
-        });
-        self.enqueued_jobs = true;
+        self.pending_jobs.push(job.clone());
+        if self.pending_jobs.len() >= JOBS_PER_INSERT {
+            self.flush_jobs().await?;
+        }
         Ok(())
+    }
+
+    /// Inserts the buffered jobs, in the order they were queued.
+    pub(crate) async fn flush_jobs(&mut self) -> Result<()> {
+        if self.pending_jobs.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending_jobs);
+        self.enqueue_many(&pending).await
     }
 
     /// [`StoreTx::enqueue`], returning the new job's id (to record alongside it).
     pub async fn enqueue_returning_id(&mut self, job: &NewJob) -> Result<i64> {
+        // Ids follow the order of queuing.
+        self.flush_jobs().await?;
         let now = Timestamp::now();
         let sql = format!("{INSERT_JOB} RETURNING id");
         let id = with_tx_conn!(self, conn => {
@@ -159,7 +167,7 @@ impl StoreTx {
     /// Queues many jobs with one multi-row statement per chunk.
     pub async fn enqueue_many(&mut self, jobs: &[NewJob]) -> Result<()> {
         let now = Timestamp::now();
-        for chunk in jobs.chunks(200) {
+        for chunk in jobs.chunks(JOBS_PER_INSERT) {
             let mut sql = String::from(
                 "INSERT INTO jobs (queue, payload, state, attempts, max_attempts, run_at_us, created_us) VALUES ",
             );
@@ -168,7 +176,15 @@ impl StoreTx {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("(${}, ${}, 'ready', 0, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+                let p = |n| crate::tx::placeholder(self, n);
+                sql.push_str(&format!(
+                    "({}, {}, 'ready', 0, {}, {}, {})",
+                    p(b + 1),
+                    p(b + 2),
+                    p(b + 3),
+                    p(b + 4),
+                    p(b + 5)
+                ));
             }
             with_tx_conn!(self, conn => {
                 let mut q = sqlx::query(&sql);
@@ -198,6 +214,35 @@ impl StoreTx {
                 .rows_affected()
         });
         if done == 1 { Ok(()) } else { Err(StoreError::LeaseLost { job_id: job.id }) }
+    }
+
+    /// [`StoreTx::complete_job`] for many jobs with one statement per chunk; fails with the first job whose lease
+    /// was lost when any was (the caller's work for all of them then rolls back).
+    pub async fn complete_jobs(&mut self, jobs: &[Job]) -> Result<()> {
+        const JOBS_PER_DELETE: usize = 200;
+        for chunk in jobs.chunks(JOBS_PER_DELETE) {
+            let mut sql = String::from("DELETE FROM jobs WHERE state = 'leased' AND (");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                let (id, token) = (crate::tx::placeholder(self, 2 * i + 1), crate::tx::placeholder(self, 2 * i + 2));
+                sql.push_str(&format!("(id = {id} AND lease_token = {token})"));
+            }
+            sql.push_str(") RETURNING id");
+            let done: Vec<i64> = with_tx_conn!(self, conn => {
+                let mut query = sqlx::query_scalar(&sql);
+                for job in chunk {
+                    query = query.bind(job.id).bind(job.lease_token);
+                }
+                query.fetch_all(&mut *conn).await?
+            });
+            if done.len() != chunk.len() {
+                let lost = chunk.iter().find(|j| !done.contains(&j.id)).map_or(chunk[0].id, |j| j.id);
+                return Err(StoreError::LeaseLost { job_id: lost });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -229,6 +274,7 @@ impl StoreTx {
     /// Whether `job`'s queue still holds an older job that is not dead-lettered (waiting, leased or due for a
     /// retry): a worker that must apply a queue strictly in order, across replicas and retries, defers `job` then.
     pub async fn earlier_job_pending(&mut self, job: &Job) -> Result<bool> {
+        self.flush_jobs().await?;
         let found = with_tx_conn!(self, conn => {
             sqlx::query("SELECT id FROM jobs WHERE queue = $1 AND id < $2 AND state <> 'dead' LIMIT 1")
                 .bind(&job.queue)

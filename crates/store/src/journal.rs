@@ -204,6 +204,27 @@ impl StoreTx {
         if updated == 1 { Ok(()) } else { Err(StoreError::Invalid(format!("no journal entry {id}"))) }
     }
 
+    /// The raw bytes of many journal entries with one statement per chunk, for a worker converting them together;
+    /// entries that no longer exist are absent from the map.
+    pub async fn journal_raw_many(&mut self, ids: &[i64]) -> Result<std::collections::HashMap<i64, Vec<u8>>> {
+        const IDS_PER_SELECT: usize = 200;
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_SELECT) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|n| crate::tx::placeholder(self, n)).collect();
+            let sql = format!("SELECT id, raw FROM message_journal WHERE id IN ({})", marks.join(", "));
+            with_tx_conn!(self, conn => {
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(&mut *conn).await? {
+                    found.insert(row.try_get::<i64, _>(0)?, row.try_get::<Vec<u8>, _>(1)?);
+                }
+            });
+        }
+        Ok(found)
+    }
+
     /// The raw bytes of a journal entry, for the worker that converts it.
     pub async fn journal_raw(&mut self, id: i64) -> Result<Option<Vec<u8>>> {
         with_tx_conn!(self, conn => {

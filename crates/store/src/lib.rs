@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
@@ -103,9 +104,24 @@ impl StoreOptions {
     }
 }
 
+/// What a WAL checkpoint found and did ([`Store::checkpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointProgress {
+    /// Frames (pages) in the write-ahead log.
+    pub wal_pages: i64,
+    /// Of those, how many are now copied into the database file.
+    pub copied_pages: i64,
+}
+
 #[derive(Debug)]
 pub(crate) enum Pools {
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    /// `checkpointer`: one connection that may write the database file, for [`Store::checkpoint`] (a read-only
+    /// reader may not checkpoint, and the writer would hold up every write while it copies pages).
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+        checkpointer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -220,7 +236,7 @@ impl Store {
     /// A round trip to the database, for readiness checks.
     pub async fn ping(&self) -> Result<()> {
         match &self.inner.pools {
-            Pools::Sqlite { read, write } => {
+            Pools::Sqlite { read, write, .. } => {
                 sqlx::query("SELECT 1").execute(read).await?;
                 // The writer is what ingest depends on; a wedged writer means not ready.
                 sqlx::query("SELECT 1").execute(write).await?;
@@ -242,7 +258,7 @@ impl Store {
             }
         }
         match &self.inner.pools {
-            Pools::Sqlite { read, write } => vec![stats("read", read), stats("write", write)],
+            Pools::Sqlite { read, write, .. } => vec![stats("read", read), stats("write", write)],
             Pools::Postgres(pool) => vec![stats("main", pool)],
         }
     }
@@ -271,23 +287,24 @@ impl Store {
         })
     }
 
-    /// Copies committed WAL pages back into the SQLite database file, on a reader connection. Run periodically,
-    /// this keeps checkpoints (page copies and an fsync of the database file) off the writer: otherwise the commit
-    /// that crosses the WAL's size threshold does the checkpoint while every other writer waits. PASSIVE never
-    /// blocks readers or the writer. PostgreSQL checkpoints by itself.
-    pub async fn checkpoint(&self) -> Result<()> {
-        if let Pools::Sqlite { read, .. } = &self.inner.pools {
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(read).await?;
-        }
-        Ok(())
+    /// Copies committed WAL pages back into the SQLite database file, on a connection of its own. Run
+    /// periodically, this keeps checkpoints (page copies and an fsync of the database file) off the writer:
+    /// otherwise the commit that crosses the WAL's size threshold does the checkpoint while every other writer
+    /// waits. PASSIVE never blocks readers or the writer. Returns the WAL's size and how much of it is now in the
+    /// database file, in pages. PostgreSQL checkpoints by itself.
+    pub async fn checkpoint(&self) -> Result<Option<CheckpointProgress>> {
+        let Pools::Sqlite { checkpointer, .. } = &self.inner.pools else { return Ok(None) };
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(checkpointer).await?;
+        Ok(Some(CheckpointProgress { wal_pages: row.try_get(1)?, copied_pages: row.try_get(2)? }))
     }
 
     /// Closes every connection after in-flight queries finish.
     pub async fn close(&self) {
         match &self.inner.pools {
-            Pools::Sqlite { read, write } => {
+            Pools::Sqlite { read, write, checkpointer } => {
                 read.close().await;
                 write.close().await;
+                checkpointer.close().await;
             }
             Pools::Postgres(pool) => pool.close().await,
         }
@@ -422,10 +439,17 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<(Pools, Option<durabil
             .min_connections(1)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(
-                base.read_only(true).pragma("cache_size", READER_CACHE_SIZE).row_buffer_size(READER_ROW_BUFFER),
+                base.clone().read_only(true).pragma("cache_size", READER_CACHE_SIZE).row_buffer_size(READER_ROW_BUFFER),
             )
             .await?;
-        Ok::<_, sqlx::Error>(Pools::Sqlite { read, write })
+        let checkpointer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.pragma("cache_size", READER_CACHE_SIZE))
+            .await?;
+        Ok::<_, sqlx::Error>(Pools::Sqlite { read, write, checkpointer })
     };
     match tokio::time::timeout(options.connect_timeout, connect).await {
         Ok(result) => Ok((result?, wal_sync)),

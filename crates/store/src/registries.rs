@@ -156,6 +156,7 @@ impl StoreTx {
     /// repeat it.
     pub async fn has_waiting_job(&mut self, queue: &str, payload: &str) -> Result<bool> {
         const SQL: &str = "SELECT COUNT(*) FROM jobs WHERE queue = $1 AND payload = $2 AND state = 'ready'";
+        self.flush_jobs().await?;
         with_tx_conn!(self, conn => {
             let n: i64 = sqlx::query_scalar(SQL).bind(queue).bind(payload).fetch_one(&mut *conn).await?;
             Ok(n > 0)

@@ -14,6 +14,8 @@ pub struct StoreTx {
     pub(crate) enqueued_jobs: bool,
     /// Search index rows waiting to be written in bulk (see `StoreTx::insert_index`).
     pub(crate) pending_index: Vec<(String, String, crate::IndexRow)>,
+    /// Jobs waiting to be inserted in bulk (see `StoreTx::enqueue`).
+    pub(crate) pending_jobs: Vec<crate::NewJob>,
 }
 
 impl StoreTx {
@@ -23,7 +25,13 @@ impl StoreTx {
             Pools::Sqlite { write, .. } => TxInner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
             Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
         };
-        Ok(StoreTx { store: store.clone(), inner, enqueued_jobs: false, pending_index: Vec::new() })
+        Ok(StoreTx {
+            store: store.clone(),
+            inner,
+            enqueued_jobs: false,
+            pending_index: Vec::new(),
+            pending_jobs: Vec::new(),
+        })
     }
 
     /// Makes every write durable (per the backend's durability settings) and wakes local workers for new jobs.
@@ -36,6 +44,7 @@ impl StoreTx {
     /// one's fsync (see `durability`).
     pub async fn commit_visible(mut self) -> Result<crate::CommitTicket> {
         self.flush_index().await?;
+        self.flush_jobs().await?;
         match self.inner {
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Postgres(tx) => tx.commit().await?,

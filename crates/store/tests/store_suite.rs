@@ -30,6 +30,8 @@ for_each_backend!(
     scans_read_every_live_resource_of_a_type_by_key,
     read_many_sees_tombstones_and_the_transactions_own_writes,
     multi_type_scans_read_every_live_resource_of_the_types_once,
+    jobs_queued_in_bulk_keep_their_order_and_complete_together,
+    background_checkpoints_copy_the_wal_into_the_database,
 );
 
 async fn read_many_sees_tombstones_and_the_transactions_own_writes(db: TestDb) {
@@ -762,4 +764,78 @@ async fn multi_type_scans_read_every_live_resource_of_the_types_once(db: TestDb)
     assert_eq!(seen, expected, "every live resource of the types exactly once, nothing else");
     let (none, next) = store.scan_types(&[], &store::ScanCursor::default(), 3).await.unwrap();
     assert!(none.is_empty() && next.is_none());
+}
+
+/// Jobs queued in a transaction are inserted together at commit (or before the transaction reads the queue), in
+/// the order queued, and only if it commits; many jobs complete with one statement, and none does when one of
+/// them is no longer held; many journal entries are read at once.
+async fn jobs_queued_in_bulk_keep_their_order_and_complete_together(db: TestDb) {
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..450 {
+        tx.enqueue(&NewJob::new("bulk", format!("{i}"))).await.unwrap();
+    }
+    let returned = tx.enqueue_returning_id(&NewJob::new("bulk", "450")).await.unwrap();
+    tx.enqueue(&NewJob::new("bulk", "451")).await.unwrap();
+    assert!(store.job_counts().await.unwrap().iter().all(|c| c.queue != "bulk"), "invisible before commit");
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&NewJob::new("bulk", "rolled back")).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let jobs = store.claim("bulk", 1000, Duration::from_secs(30)).await.unwrap();
+    let payloads: Vec<String> = jobs.iter().map(|j| j.payload.clone()).collect();
+    let expected: Vec<String> = (0..452).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected, "every job once, in the order queued, none from the rollback");
+    assert_eq!(jobs.iter().find(|j| j.payload == "450").map(|j| j.id), Some(returned));
+
+    // One job no longer held (completed elsewhere): nothing completes.
+    store.complete(&jobs[7]).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let outcome = tx.complete_jobs(&jobs[..300]).await;
+    assert!(matches!(outcome, Err(StoreError::LeaseLost { job_id }) if job_id == jobs[7].id), "{outcome:?}");
+    tx.rollback().await.unwrap();
+    let held: Vec<_> = jobs.iter().filter(|j| j.id != jobs[7].id).cloned().collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.complete_jobs(&held).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(store.job_counts().await.unwrap().iter().all(|c| c.queue != "bulk"), "all completed");
+
+    let stored: Vec<i64> = store
+        .journal_messages(&[message("r1", "ADT^A01"), message("r2", "ORU^R01")], "convert", 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            JournalOutcome::Stored { id } => id,
+            JournalOutcome::Duplicate => panic!("stored"),
+        })
+        .collect();
+    let mut tx = store.begin().await.unwrap();
+    let raws = tx.journal_raw_many(&[stored[1], 999_999, stored[0]]).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(raws.len(), 2, "an id never journaled is absent");
+    assert_eq!(raws[&stored[0]], message("r1", "ADT^A01").raw);
+    assert_eq!(raws[&stored[1]], message("r2", "ORU^R01").raw);
+}
+
+/// SQLite's background checkpoint runs on a connection that may write the database file and copies every
+/// committed page when nothing else is writing; PostgreSQL checkpoints by itself.
+async fn background_checkpoints_copy_the_wal_into_the_database(db: TestDb) {
+    let store = db.store().await;
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..50 {
+        tx.put(patient(&format!("ck{i}"), "Checkpoint"), Precondition::None).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let progress = store.checkpoint().await.unwrap();
+    match store.backend() {
+        store::BackendKind::Sqlite => {
+            let progress = progress.expect("SQLite reports its WAL");
+            assert!(progress.wal_pages > 0, "{progress:?}");
+            assert_eq!(progress.copied_pages, progress.wal_pages, "all committed pages copied");
+        }
+        store::BackendKind::Postgres => assert_eq!(progress, None),
+    }
+    assert_eq!(store.read("Patient", "ck49").await.unwrap().map(|p| p.version_id), Some(1));
 }

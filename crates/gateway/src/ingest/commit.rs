@@ -5,7 +5,7 @@
 //! heavy load batches grow by themselves and the per-message cost of a commit (an fsync) shrinks.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use store::{JournalOutcome, NewMessage, Store};
@@ -51,12 +51,39 @@ pub struct GroupCommitter {
 pub struct IngestActivity {
     pending: Arc<AtomicUsize>,
     idle: Arc<Notify>,
+    /// When the last message arrived, in milliseconds since [`activity_epoch`].
+    last_arrival_ms: Arc<AtomicU64>,
+}
+
+/// How recently a message must have arrived for ingest to count as streaming.
+const STREAMING_WITHIN_MS: u64 = 100;
+
+/// The origin of [`IngestActivity`]'s arrival times.
+fn activity_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(activity_epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl IngestActivity {
     fn begin(&self) -> ActivityGuard {
         self.pending.fetch_add(1, Ordering::AcqRel);
+        // Never zero, so a gateway that has received nothing does not look as if a message just arrived.
+        self.last_arrival_ms.store(now_ms().max(1), Ordering::Relaxed);
         ActivityGuard(self.clone())
+    }
+
+    /// Whether messages are arriving: one waits for its journal commit, or one arrived within the last 100 ms.
+    /// Background workers keep their transactions short then (each holds SQLite's one writer while it runs).
+    pub fn is_streaming(&self) -> bool {
+        if self.pending.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        let last = self.last_arrival_ms.load(Ordering::Relaxed);
+        last != 0 && now_ms().saturating_sub(last) < STREAMING_WITHIN_MS
     }
 
     /// Returns once no message waits for a journal commit, or after `at_most`, so background work is delayed,
@@ -184,6 +211,14 @@ async fn commit_batch(store: &Store, settings: &CommitSettings, batch: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingest_streams_while_a_message_waits() {
+        let activity = IngestActivity::default();
+        assert!(!activity.is_streaming(), "nothing has arrived");
+        let _waiting = activity.begin();
+        assert!(activity.is_streaming());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn workers_give_way_until_ingest_is_idle_but_never_longer_than_the_bound() {

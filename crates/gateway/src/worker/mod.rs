@@ -48,6 +48,15 @@ impl WorkerSettings {
             ingest.wait_idle(GIVE_WAY_AT_MOST).await;
         }
     }
+
+    /// How much work one transaction may take on: `large` while the writer is free, one item while messages are
+    /// arriving, so a worker's transaction never holds up their journal commits (and their ACKs) for long.
+    pub(crate) fn batch(&self, large: usize) -> usize {
+        match &self.ingest {
+            Some(ingest) if ingest.is_streaming() => 1,
+            _ => large,
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -78,6 +87,17 @@ impl Kind {
             Kind::Convert => crate::admin::CONVERT_QUEUE,
             Kind::Normalize => fhir_server::rest::write::NORMALIZE_QUEUE,
             Kind::Rri => fhir_server::rest::referral_status::RRI_QUEUE,
+        }
+    }
+
+    /// Jobs claimed at once. Conversion and normalization do a claim's work in a few transactions (one commit
+    /// and a handful of statements for many messages or screenings, instead of each its own); referral status
+    /// updates go one at a time, in order.
+    fn jobs_per_claim(self) -> usize {
+        match self {
+            Kind::Convert => 16,
+            Kind::Normalize => 64,
+            Kind::Rri => 1,
         }
     }
 
@@ -117,13 +137,16 @@ async fn run(kind: Kind, n: usize, store: Store, settings: WorkerSettings, shutd
             break;
         }
         settings.give_way().await;
-        match store.claim(kind.queue(), 1, settings.lease).await {
+        let jobs_per_claim = u32::try_from(settings.batch(kind.jobs_per_claim())).unwrap_or(1);
+        match store.claim(kind.queue(), jobs_per_claim, settings.lease).await {
             Ok(jobs) if !jobs.is_empty() => {
-                for job in jobs {
-                    match kind {
-                        Kind::Convert => convert::run_job(&store, job, &settings, &shutdown).await,
-                        Kind::Normalize => normalize::run_job(&store, job).await,
-                        Kind::Rri => rri::run_job(&store, job, &settings).await,
+                match kind {
+                    Kind::Convert => convert::run_jobs(&store, jobs, &settings, &shutdown).await,
+                    Kind::Normalize => normalize::run_jobs(&store, jobs).await,
+                    Kind::Rri => {
+                        for job in jobs {
+                            rri::run_job(&store, job, &settings).await;
+                        }
                     }
                 }
                 // More may be due: look again at once.

@@ -61,34 +61,7 @@ pub(super) async fn run_job(store: &Store, job: Job) {
         return;
     };
     match normalize(store, &payload.id, &job).await {
-        Ok(outcome) => {
-            let label = match &outcome {
-                NormalizeOutcome::Normalized { .. } => "normalized",
-                NormalizeOutcome::Skipped => "skipped",
-                NormalizeOutcome::Unsupported => "unsupported_instrument",
-            };
-            metrics::counter!("normalization_total", "outcome" => label).increment(1);
-            metrics::histogram!("normalization_duration_seconds", "outcome" => label).record(started.elapsed());
-            match outcome {
-                NormalizeOutcome::Normalized { instrument, written, unchanged, retracted } => tracing::info!(
-                    resource_type = QR,
-                    id = %payload.id,
-                    instrument,
-                    written,
-                    unchanged,
-                    retracted,
-                    "questionnaire response normalized"
-                ),
-                NormalizeOutcome::Skipped => {
-                    tracing::debug!(resource_type = QR, id = %payload.id, "nothing to normalize")
-                }
-                NormalizeOutcome::Unsupported => tracing::info!(
-                    resource_type = QR,
-                    id = %payload.id,
-                    "questionnaire response of no supported screening instrument; stored, not normalized"
-                ),
-            }
-        }
+        Ok(outcome) => report(&payload.id, &outcome, started.elapsed()),
         Err(Failure::Input(e)) => {
             metrics::counter!("normalization_total", "outcome" => "failed").increment(1);
             // The error names element paths and LOINC codes only, never answers.
@@ -98,6 +71,34 @@ pub(super) async fn run_job(store: &Store, job: Job) {
             tracing::warn!(job_id = job.id, "normalization job lease lost; its work was rolled back")
         }
         Err(Failure::Store(e)) => retry_later(store, &job, &e).await,
+    }
+}
+
+/// Counts and logs one job's outcome (`elapsed`: its share of the time).
+fn report(id: &str, outcome: &NormalizeOutcome, elapsed: std::time::Duration) {
+    let label = match outcome {
+        NormalizeOutcome::Normalized { .. } => "normalized",
+        NormalizeOutcome::Skipped => "skipped",
+        NormalizeOutcome::Unsupported => "unsupported_instrument",
+    };
+    metrics::counter!("normalization_total", "outcome" => label).increment(1);
+    metrics::histogram!("normalization_duration_seconds", "outcome" => label).record(elapsed);
+    match outcome {
+        NormalizeOutcome::Normalized { instrument, written, unchanged, retracted } => tracing::info!(
+            resource_type = QR,
+            id,
+            instrument,
+            written,
+            unchanged,
+            retracted,
+            "questionnaire response normalized"
+        ),
+        NormalizeOutcome::Skipped => tracing::debug!(resource_type = QR, id, "nothing to normalize"),
+        NormalizeOutcome::Unsupported => tracing::info!(
+            resource_type = QR,
+            id,
+            "questionnaire response of no supported screening instrument; stored, not normalized"
+        ),
     }
 }
 
@@ -118,6 +119,38 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
     // Two jobs for one QR (two quick updates) must not interleave their reads and writes.
     tx.serialize_on(&format!("normalize:{QR}/{id}")).await?;
     let current = tx.read(QR, id).await?;
+    let recorded = store::format_instant(Timestamp::now());
+    let outcome = match prepare(store, id, current, &recorded).await? {
+        Prepared::Done(outcome) => outcome,
+        Prepared::Invalid(e) => return Err(Failure::Input(e)),
+        Prepared::Derive(derivation) => write_derived(&mut tx, vec![derivation]).await?.remove(0),
+    };
+    tx.complete_job(job).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// What a QuestionnaireResponse's current version asks for.
+enum Prepared {
+    /// Nothing to write.
+    Done(NormalizeOutcome),
+    Derive(Derivation),
+    /// The response cannot be normalized as it stands (the error names paths and codes, never answers).
+    Invalid(sdoh::NormalizeError),
+}
+
+/// What one QR derives, and whether it retracts everything instead (entered in error, or deleted).
+struct Derivation {
+    derived: sdoh::Derived,
+    retract_all: bool,
+}
+
+async fn prepare(
+    store: &Store,
+    id: &str,
+    current: Option<store::StoredResource>,
+    recorded: &str,
+) -> Result<Prepared, StoreError> {
     let (qr, retract_all) = match current {
         None => (None, false),
         Some(c) if c.deleted => (last_live_version(store, id).await?.map(entered_in_error), true),
@@ -127,57 +160,184 @@ async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcom
             (qr, retract)
         }
     };
-    let Some(qr) = qr else {
-        tx.complete_job(job).await?;
-        tx.commit().await?;
-        return Ok(NormalizeOutcome::Skipped);
-    };
-    let recorded = store::format_instant(Timestamp::now());
-    let context = sdoh::Context { recorded: &recorded, agent: AGENT };
-    let derived = match sdoh::normalize(&qr, &context) {
-        Ok(Some(d)) => d,
+    let Some(qr) = qr else { return Ok(Prepared::Done(NormalizeOutcome::Skipped)) };
+    let context = sdoh::Context { recorded, agent: AGENT };
+    Ok(match sdoh::normalize(&qr, &context) {
+        Ok(Some(derived)) => Prepared::Derive(Derivation { derived, retract_all }),
         Ok(None) => {
-            tx.complete_job(job).await?;
-            tx.commit().await?;
             // In-progress responses are not screenings yet; anything else here is an instrument we do not know.
             let in_progress = qr.get("status").and_then(Value::as_str) == Some("in-progress");
-            return Ok(if in_progress { NormalizeOutcome::Skipped } else { NormalizeOutcome::Unsupported });
+            Prepared::Done(if in_progress { NormalizeOutcome::Skipped } else { NormalizeOutcome::Unsupported })
         }
-        Err(e) => return Err(Failure::Input(e)),
-    };
-    let (mut written, mut unchanged, mut retracted) = (0, 0, 0);
-    // An entered-in-error (or deleted) QR retracts what exists and creates nothing.
-    let candidates = derived
-        .resources
-        .into_iter()
-        .map(|resource| Candidate { resource, only_if_absent: false, only_if_present: retract_all })
-        .collect();
-    for outcome in upsert_all(&mut tx, candidates).await? {
-        match outcome {
-            Upsert::Written if retract_all => retracted += 1,
-            Upsert::Written => written += 1,
-            Upsert::Unchanged => unchanged += 1,
-            Upsert::Kept => {}
+        Err(e) => Prepared::Invalid(e),
+    })
+}
+
+/// Writes what each QR derives: all their resources through one [`upsert_all`] (one read, bulk creates), then the
+/// retractions of what earlier versions derived and these no longer do, found with one read.
+async fn write_derived(
+    tx: &mut store::StoreTx,
+    derivations: Vec<Derivation>,
+) -> Result<Vec<NormalizeOutcome>, StoreError> {
+    let mut sizes = Vec::with_capacity(derivations.len());
+    let mut candidates = Vec::new();
+    let mut rest = Vec::with_capacity(derivations.len());
+    for Derivation { derived, retract_all } in derivations {
+        sizes.push(derived.resources.len());
+        // An entered-in-error (or deleted) QR retracts what exists and creates nothing.
+        candidates.extend(derived.resources.into_iter().map(|resource| Candidate {
+            resource,
+            only_if_absent: false,
+            only_if_present: retract_all,
+        }));
+        rest.push((derived.instrument, derived.retractions, retract_all));
+    }
+    let mut upserts = upsert_all(tx, candidates).await?.into_iter();
+    let mut counts = Vec::with_capacity(rest.len());
+    for (size, (_, _, retract_all)) in sizes.iter().zip(&rest) {
+        let (mut written, mut unchanged, mut retracted) = (0, 0, 0);
+        for outcome in upserts.by_ref().take(*size) {
+            match outcome {
+                Upsert::Written if *retract_all => retracted += 1,
+                Upsert::Written => written += 1,
+                Upsert::Unchanged => unchanged += 1,
+                Upsert::Kept => {}
+            }
         }
+        counts.push((written, unchanged, retracted));
     }
     // Resources an earlier version derived and this one does not are marked entered-in-error; ids never derived
     // (most of the list) are looked up together and write nothing.
-    let keys: Vec<(&str, &str)> = derived.retractions.iter().map(|r| (r.resource_type, r.id.as_str())).collect();
+    let keys: Vec<(&str, &str)> = rest
+        .iter()
+        .flat_map(|(_, retractions, _)| retractions.iter().map(|r| (r.resource_type, r.id.as_str())))
+        .collect();
     let existing = tx.read_many(&keys).await?;
-    for key in &keys {
-        let Some(stored) = existing.get(&(key.0.to_owned(), key.1.to_owned())).filter(|c| !c.deleted) else { continue };
-        let Some(stored) = stored.content.as_deref() else { continue };
-        let Ok(content) = serde_json::from_str::<Value>(stored) else { continue };
-        let retraction = sdoh::retract(&content);
-        // The stored version was just read: write it directly rather than through `upsert_all`, which reads again.
-        if !same_content(stored, &retraction) {
-            fhir_server::rest::write::put(&mut tx, retraction, store::Precondition::None).await?;
-            retracted += 1;
+    let mut outcomes = Vec::with_capacity(rest.len());
+    for ((instrument, retractions, _), (written, unchanged, mut retracted)) in rest.iter().zip(counts) {
+        for r in retractions {
+            let key = (r.resource_type.to_owned(), r.id.clone());
+            let Some(stored) = existing.get(&key).filter(|c| !c.deleted) else { continue };
+            let Some(stored) = stored.content.as_deref() else { continue };
+            let Ok(content) = serde_json::from_str::<Value>(stored) else { continue };
+            let retraction = sdoh::retract(&content);
+            // The stored version was just read: write it directly rather than through `upsert_all`, which reads again.
+            if !same_content(stored, &retraction) {
+                fhir_server::rest::write::put(tx, retraction, store::Precondition::None).await?;
+                retracted += 1;
+            }
+        }
+        outcomes.push(NormalizeOutcome::Normalized { instrument: instrument.clone(), written, unchanged, retracted });
+    }
+    Ok(outcomes)
+}
+
+/// Normalizes the QRs many jobs name in one transaction with the jobs' completion: one commit, one read of the
+/// QRs and one [`upsert_all`] for all of them, instead of one of each per job. A job whose QR cannot be normalized
+/// is dead-lettered after the others commit; when the transaction itself fails, each job runs on its own, so one
+/// job's failure is retried or reported as its own.
+pub(super) async fn run_jobs(store: &Store, jobs: Vec<Job>) {
+    if jobs.len() < 2 {
+        for job in jobs {
+            run_job(store, job).await;
+        }
+        return;
+    }
+    let started = Instant::now();
+    let mut named = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match serde_json::from_str::<Payload>(&job.payload) {
+            Ok(payload) => named.push((job, payload.id)),
+            Err(_) => dead_letter(store, &job, "payload does not name a QuestionnaireResponse id").await,
         }
     }
-    tx.complete_job(job).await?;
+    match normalize_many(store, &named).await {
+        Ok(outcomes) => {
+            let elapsed = started.elapsed().div_f64(named.len().max(1) as f64);
+            for ((job, id), outcome) in named.iter().zip(outcomes) {
+                match outcome {
+                    Ok(outcome) => report(id, &outcome, elapsed),
+                    Err(e) => {
+                        metrics::counter!("normalization_total", "outcome" => "failed").increment(1);
+                        dead_letter(store, job, &format!("{QR}/{id}: {e}")).await;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(jobs = named.len(), error = %e, "normalizing jobs together failed; running them one by one");
+            for (job, _) in named {
+                run_job(store, job).await;
+            }
+        }
+    }
+}
+
+/// The outcome for each `(job, QR id)`: normalized (or skipped), or why its QR could not be normalized (that job
+/// is not completed here).
+async fn normalize_many(
+    store: &Store,
+    named: &[(Job, String)],
+) -> Result<Vec<Result<NormalizeOutcome, sdoh::NormalizeError>>, StoreError> {
+    let mut tx = store.begin().await?;
+    let mut ids: Vec<&str> = named.iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // In one order for every worker, so two batches naming the same QRs cannot deadlock.
+    for id in &ids {
+        tx.serialize_on(&format!("normalize:{QR}/{id}")).await?;
+    }
+    let keys: Vec<(&str, &str)> = ids.iter().map(|id| (QR, *id)).collect();
+    let mut current = tx.read_many(&keys).await?;
+    let recorded = store::format_instant(Timestamp::now());
+    // Each QR once, however many jobs name it: its current version is what every one of them asks for.
+    let mut first_job_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(named.len());
+    for (n, (_, id)) in named.iter().enumerate() {
+        if first_job_of.contains_key(id.as_str()) {
+            prepared.push(None);
+            continue;
+        }
+        first_job_of.insert(id, n);
+        let stored = current.remove(&(QR.to_owned(), id.clone()));
+        prepared.push(Some(prepare(store, id, stored, &recorded).await?));
+    }
+    let derivations: Vec<Derivation> = prepared
+        .iter_mut()
+        .filter_map(|p| match p.take_if(|p| matches!(p, Prepared::Derive(_))) {
+            Some(Prepared::Derive(d)) => Some(d),
+            _ => None,
+        })
+        .collect();
+    let mut written = write_derived(&mut tx, derivations).await?.into_iter();
+    let mut outcomes: Vec<Option<Result<NormalizeOutcome, sdoh::NormalizeError>>> = prepared
+        .into_iter()
+        .map(|p| match p {
+            // Taken above for writing: its outcome comes from the writes, in the same order.
+            None => None,
+            Some(Prepared::Done(outcome)) => Some(Ok(outcome)),
+            Some(Prepared::Invalid(e)) => Some(Err(e)),
+            Some(Prepared::Derive(_)) => unreachable!("derivations were taken"),
+        })
+        .collect();
+    for (n, (_, id)) in named.iter().enumerate() {
+        if outcomes[n].is_none() && first_job_of[id.as_str()] == n {
+            outcomes[n] = written.next().map(Ok);
+        }
+    }
+    // Later jobs for the same QR share the first one's outcome.
+    for (n, (_, id)) in named.iter().enumerate() {
+        if outcomes[n].is_none() {
+            outcomes[n] = outcomes[first_job_of[id.as_str()]].clone();
+        }
+    }
+    let outcomes: Vec<Result<NormalizeOutcome, sdoh::NormalizeError>> =
+        outcomes.into_iter().map(|o| o.unwrap_or(Ok(NormalizeOutcome::Skipped))).collect();
+    let completed: Vec<Job> =
+        named.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|((job, _), _)| job.clone()).collect();
+    tx.complete_jobs(&completed).await?;
     tx.commit().await?;
-    Ok(NormalizeOutcome::Normalized { instrument: derived.instrument, written, unchanged, retracted })
+    Ok(outcomes)
 }
 
 /// The newest version of the QR that was not a deletion.

@@ -63,7 +63,7 @@ async fn conversion_completes_its_job_and_a_second_run_writes_nothing() {
     let store = open(&dir).await;
     let id = journal(&store, "adt_a04.hl7").await;
     let job = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
-    convert::run_job(&store, job, &WorkerSettings::default(), &Default::default()).await;
+    convert::run_jobs(&store, vec![job], &WorkerSettings::default(), &Default::default()).await;
     assert_eq!(status(&store, id).await.0, "converted");
     assert!(store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().is_empty(), "job completed");
     let before = versions(&store).await;
@@ -81,7 +81,7 @@ async fn a_mapping_failure_fails_the_entry_with_an_outcome_and_completes_the_job
     let store = open(&dir).await;
     let id = journal(&store, "err_missing_pid3.hl7").await;
     let job = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
-    convert::run_job(&store, job, &WorkerSettings::default(), &Default::default()).await;
+    convert::run_jobs(&store, vec![job], &WorkerSettings::default(), &Default::default()).await;
     let (status, detail) = status(&store, id).await;
     assert_eq!(status, "failed");
     let outcome: Value = serde_json::from_str(&detail.unwrap()).unwrap();
@@ -101,10 +101,10 @@ async fn a_worker_that_lost_its_lease_commits_nothing() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let fresh = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
     assert_eq!(fresh.id, stale.id);
-    convert::run_job(&store, stale, &WorkerSettings::default(), &Default::default()).await;
+    convert::run_jobs(&store, vec![stale], &WorkerSettings::default(), &Default::default()).await;
     assert_eq!(status(&store, id).await.0, "received");
     assert!(versions(&store).await.is_empty());
-    convert::run_job(&store, fresh, &WorkerSettings::default(), &Default::default()).await;
+    convert::run_jobs(&store, vec![fresh], &WorkerSettings::default(), &Default::default()).await;
     assert_eq!(status(&store, id).await.0, "converted");
 }
 
@@ -138,42 +138,27 @@ async fn normalization_writes_derived_resources_once_and_never_creates_retractio
 async fn at_shutdown_a_conversion_job_hands_back_the_entries_it_did_not_reach() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let mut messages = Vec::new();
-    for (name, control) in [("adt_a04.hl7", "S-1"), ("adt_a08.hl7", "S-2"), ("adt_a01.hl7", "S-3")] {
-        let raw = conformance(&format!("v2fhir/{name}")).trim_end().replace("\r\n", "\r").replace('\n', "\r");
-        let original = raw.split('|').nth(9).unwrap().to_owned();
-        let raw = raw.replacen(&format!("|{original}|"), &format!("|{control}|"), 1);
-        messages.push(NewMessage {
-            sending_application: "A".into(),
-            sending_facility: "F".into(),
-            receiving_application: String::new(),
-            receiving_facility: String::new(),
-            message_type: "ADT^A04".into(),
-            control_id: control.into(),
-            version: "2.5.1".into(),
-            raw: raw.into_bytes(),
-        });
-    }
-    let ids: Vec<i64> = store
-        .journal_messages(&messages, CONVERT, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| match o {
-            store::JournalOutcome::Stored { id } => id,
-            store::JournalOutcome::Duplicate => panic!("duplicate"),
-        })
+    // More entries than one transaction converts.
+    let raws: Vec<String> = (1..=40)
+        .map(|n| message("adt_a04.hl7", &format!("S-{n}"), &[("MRN00000002", &format!("MRN9{n:07}"))]))
         .collect();
+    let ids = journal_batch(&store, &raws).await;
     let job = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap().remove(0);
     let shutdown = tokio_util::sync::CancellationToken::new();
     shutdown.cancel();
-    convert::run_job(&store, job, &WorkerSettings::default(), &shutdown).await;
-    // The entry in hand is finished; the rest wait in a new job, not behind an expired lease.
-    assert_eq!(status(&store, ids[0]).await.0, "converted");
-    assert_eq!(status(&store, ids[1]).await.0, "received");
+    convert::run_jobs(&store, vec![job], &WorkerSettings::default(), &shutdown).await;
+    // The entries in hand (one transaction's worth) are finished; the rest wait in a new job, not behind an
+    // expired lease.
+    let mut converted = Vec::new();
+    for &id in &ids {
+        converted.push(status(&store, id).await.0 == "converted");
+    }
+    let in_hand = converted.iter().take_while(|c| **c).count();
+    assert!((1..ids.len()).contains(&in_hand), "{converted:?}");
+    assert!(converted[in_hand..].iter().all(|c| !c), "{converted:?}");
     let rest = store.claim(CONVERT, 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(rest.len(), 1);
-    assert_eq!(store::journal_ids_of(&rest[0].payload).unwrap(), ids[1..].to_vec());
+    assert_eq!(store::journal_ids_of(&rest[0].payload).unwrap(), ids[in_hand..].to_vec());
 }
 
 /// Referral status jobs are reported strictly in queue order: a job whose predecessor is still pending (held by
@@ -241,4 +226,162 @@ async fn referral_status_updates_are_queued_in_order_even_when_an_earlier_one_is
     let queued = store.job_counts().await.unwrap();
     let outbound = queued.iter().find(|c| c.queue == crate::outbound::queue_name("clinic")).map(|c| c.count);
     assert_eq!(outbound, Some(2));
+}
+
+/// Journals raw messages as one ingest batch (one conversion job) and returns their journal ids.
+async fn journal_batch(store: &Store, raws: &[String]) -> Vec<i64> {
+    let messages: Vec<NewMessage> = raws
+        .iter()
+        .map(|raw| {
+            let message = hl7v2::Message::parse(raw.as_bytes()).unwrap();
+            let h = message.header();
+            NewMessage {
+                sending_application: h.sending_application.clone(),
+                sending_facility: h.sending_facility.clone(),
+                receiving_application: h.receiving_application.clone(),
+                receiving_facility: h.receiving_facility.clone(),
+                message_type: format!("{}^{}", h.message_type, h.trigger_event),
+                control_id: h.control_id.clone(),
+                version: h.version.clone(),
+                raw: raw.clone().into_bytes(),
+            }
+        })
+        .collect();
+    store
+        .journal_messages(&messages, CONVERT, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            store::JournalOutcome::Stored { id } => id,
+            store::JournalOutcome::Duplicate => panic!("duplicate"),
+        })
+        .collect()
+}
+
+/// A conformance message with its control id and any other text replaced.
+fn message(name: &str, control_id: &str, replace: &[(&str, &str)]) -> String {
+    let mut raw = conformance(&format!("v2fhir/{name}")).trim_end().replace("\r\n", "\r").replace('\n', "\r");
+    let original = raw.split('|').nth(9).unwrap().to_owned();
+    raw = raw.replacen(&format!("|{original}|"), &format!("|{control_id}|"), 1);
+    for (from, to) in replace {
+        assert!(raw.contains(from), "{name} holds {from}");
+        raw = raw.replace(from, to);
+    }
+    raw
+}
+
+/// Entries converted together each get their own outcome: a mapping failure and an entry the store refuses (an
+/// I14 moving a completed referral) fail alone, the others convert, and every claimed job completes.
+#[tokio::test]
+async fn entries_converted_together_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let referral = journal(&store, "ref_i12.hl7").await;
+    convert_entry(&store, referral, None, None).await.unwrap();
+    let task_id = versions(&store).await.into_iter().find(|(t, _, _)| t == "Task").unwrap().1;
+    for status in ["accepted", "in-progress", "completed"] {
+        let mut tx = store.begin().await.unwrap();
+        let current = tx.read("Task", &task_id).await.unwrap().unwrap();
+        let mut task: Value = serde_json::from_str(current.content.as_deref().unwrap()).unwrap();
+        task["status"] = Value::String(status.into());
+        fhir_server::rest::write::put(&mut tx, task, Precondition::None).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    while let Some(job) = store.claim(CONVERT, 10, Duration::from_secs(60)).await.unwrap().pop() {
+        store.complete(&job).await.unwrap();
+    }
+    let first = journal_batch(&store, &[message("adt_a04.hl7", "B-1", &[])]).await;
+    let rest = journal_batch(
+        &store,
+        &[
+            message("ref_i14.hl7", "B-2", &[("RF1|A^Accepted^HL70283", "RF1|E^Expired^HL70283")]),
+            message("err_missing_pid3.hl7", "B-3", &[]),
+            message("oru_r01_hvs.hl7", "B-4", &[]),
+        ],
+    )
+    .await;
+    let jobs = store.claim(CONVERT, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    convert::run_jobs(&store, jobs, &WorkerSettings::default(), &Default::default()).await;
+
+    assert_eq!(status(&store, first[0]).await.0, "converted");
+    let (refused, detail) = status(&store, rest[0]).await;
+    assert_eq!(refused, "failed");
+    assert!(detail.unwrap().contains("no transition from completed to cancelled"));
+    assert_eq!(status(&store, rest[1]).await.0, "failed");
+    assert_eq!(status(&store, rest[2]).await.0, "converted");
+    let task = store.read("Task", &task_id).await.unwrap().unwrap();
+    assert!(task.content.unwrap().contains("\"status\":\"completed\""), "the refused update wrote nothing");
+    assert!(store.claim(CONVERT, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "both jobs completed");
+    let written = versions(&store).await;
+    assert!(written.iter().any(|(t, _, _)| t == "QuestionnaireResponse"), "the screening after the refusal");
+    assert_eq!(written.iter().filter(|(t, _, _)| t == "Patient").count(), 2, "{written:?}");
+}
+
+/// Writes the same QuestionnaireResponse versions into a store: one of several domains, one at risk then
+/// amended (two jobs for one QR), and one that cannot be normalized (no status).
+async fn screenings(store: &Store) {
+    let several: Value = serde_json::from_str(&conformance("sdoh/ahc-hrsn-several-domains.input.json")).unwrap();
+    let at_risk: Value = serde_json::from_str(&conformance("sdoh/hvs-at-risk.input.json")).unwrap();
+    let mut amended = at_risk.clone();
+    amended["status"] = Value::String("amended".into());
+    let mut invalid = several.clone();
+    invalid["id"] = Value::String("ahc-invalid".into());
+    invalid.as_object_mut().unwrap().remove("status");
+    for qr in [several, at_risk, amended, invalid] {
+        let mut tx = store.begin().await.unwrap();
+        fhir_server::rest::write::put(&mut tx, qr, Precondition::None).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+/// Current content of every resource apart from `meta` (and a Provenance's `recorded`).
+async fn contents(store: &Store) -> Vec<(String, String, i64, Value)> {
+    let mut all = Vec::new();
+    for (resource_type, id, _) in versions(store).await {
+        let current = store.read(&resource_type, &id).await.unwrap().unwrap();
+        let mut content: Value = serde_json::from_str(current.content.as_deref().unwrap()).unwrap();
+        content.as_object_mut().unwrap().remove("meta");
+        content.as_object_mut().unwrap().remove("recorded");
+        all.push((resource_type, id, current.version_id, content));
+    }
+    all.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    all
+}
+
+/// Normalizing many jobs in one transaction writes exactly what normalizing them one at a time writes, and the
+/// job whose QR cannot be normalized is dead-lettered alone.
+#[tokio::test]
+async fn normalizing_jobs_together_writes_what_one_at_a_time_writes() {
+    let together_dir = tempfile::tempdir().unwrap();
+    let together = open(&together_dir).await;
+    screenings(&together).await;
+    let jobs = together.claim(NORMALIZE, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs.len(), 4);
+    normalize::run_jobs(&together, jobs).await;
+
+    let apart_dir = tempfile::tempdir().unwrap();
+    let apart = open(&apart_dir).await;
+    screenings(&apart).await;
+    while let Some(job) = apart.claim(NORMALIZE, 1, Duration::from_secs(60)).await.unwrap().pop() {
+        normalize::run_job(&apart, job).await;
+    }
+
+    let written = contents(&together).await;
+    assert_eq!(written, contents(&apart).await);
+    let conditions: Vec<_> = written.iter().filter(|(t, _, _, _)| t == "Condition").collect();
+    assert!(conditions.len() >= 2, "several domains at risk: {conditions:?}");
+    let hvs_derived: Vec<_> =
+        written.iter().filter(|(t, _, _, c)| t == "Observation" && c.to_string().contains("hvs-0002")).collect();
+    assert!(!hvs_derived.is_empty());
+    // Both jobs of the amended QR normalize its current version: the derived results are corrected ones.
+    let results: Vec<_> = hvs_derived.iter().filter(|(_, _, _, c)| c.get("valueCodeableConcept").is_some()).collect();
+    assert!(!results.is_empty() && results.iter().all(|(_, _, v, c)| c["status"] == "corrected" && *v == 1));
+    for store in [&together, &apart] {
+        assert!(store.claim(NORMALIZE, 10, Duration::from_secs(60)).await.unwrap().is_empty());
+        let dead = store.dead_jobs(NORMALIZE, 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].1.contains("ahc-invalid"), "{dead:?}");
+    }
 }
