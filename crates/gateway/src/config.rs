@@ -137,6 +137,8 @@ pub struct DatabaseConfig {
     pub acquire_timeout_secs: u64,
     /// SQLite commit durability: `full` (survives power loss) or `normal` (survives a process crash).
     pub sqlite_durability: store::SqliteDurability,
+    /// SQLite writer page cache in MiB: more makes background conversion faster and the process larger.
+    pub sqlite_writer_cache_mib: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +434,7 @@ impl Default for DatabaseConfig {
             connect_timeout_secs: 10,
             acquire_timeout_secs: 5,
             sqlite_durability: store::SqliteDurability::Full,
+            sqlite_writer_cache_mib: 32,
         }
     }
 }
@@ -521,6 +524,12 @@ impl GatewayConfig {
             .map_err(|e| ConfigError::Invalid { key: "database.url", reason: e.to_string() })?;
         if self.database.max_connections == 0 {
             return Err(ConfigError::Invalid { key: "database.max_connections", reason: "must be at least 1".into() });
+        }
+        if !(1..=4096).contains(&self.database.sqlite_writer_cache_mib) {
+            return Err(ConfigError::Invalid {
+                key: "database.sqlite_writer_cache_mib",
+                reason: "must be between 1 and 4096".into(),
+            });
         }
         if self.database.connect_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
@@ -670,6 +679,7 @@ impl GatewayConfig {
         options.connect_timeout = std::time::Duration::from_secs(self.database.connect_timeout_secs);
         options.acquire_timeout = std::time::Duration::from_secs(self.database.acquire_timeout_secs.max(1));
         options.sqlite_durability = self.database.sqlite_durability;
+        options.sqlite_writer_cache_mib = self.database.sqlite_writer_cache_mib;
         options
     }
 }
@@ -884,6 +894,19 @@ mod tests {
         match result {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sqlite_writer_cache_reaches_the_store_and_is_bounded() {
+        let mut config = GatewayConfig::default();
+        assert_eq!(config.store_options().sqlite_writer_cache_mib, 32);
+        config.database.sqlite_writer_cache_mib = 64;
+        config.validate().unwrap();
+        assert_eq!(config.store_options().sqlite_writer_cache_mib, 64);
+        for mib in [0, 4097] {
+            config.database.sqlite_writer_cache_mib = mib;
+            assert_eq!(invalid_key(config.validate()), "database.sqlite_writer_cache_mib");
         }
     }
 

@@ -90,6 +90,10 @@ pub struct StoreOptions {
     /// Bound on waiting for a pooled connection at run time.
     pub acquire_timeout: Duration,
     pub sqlite_durability: SqliteDurability,
+    /// Page cache of SQLite's writer connection, in MiB. Conversion and normalization insert index rows all over
+    /// the index b-trees: a cache that holds more of them reads fewer pages back per write (measured: 16 -> 32
+    /// -> 64 MiB took ORU conversion from ~245 to ~270 to ~340 messages/s) at the price of resident memory.
+    pub sqlite_writer_cache_mib: u32,
 }
 
 impl StoreOptions {
@@ -100,6 +104,7 @@ impl StoreOptions {
             connect_timeout: Duration::from_secs(10),
             acquire_timeout: Duration::from_secs(5),
             sqlite_durability: SqliteDurability::Full,
+            sqlite_writer_cache_mib: 32,
         }
     }
 }
@@ -407,7 +412,7 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<(Pools, Option<durabil
         .foreign_keys(true)
         .busy_timeout(options.acquire_timeout)
         .pragma("temp_store", "memory")
-        .pragma("cache_size", "-16000")
+        .pragma("cache_size", format!("-{}", u64::from(options.sqlite_writer_cache_mib.max(1)) * 1024))
         // `Store::checkpoint`, run five times a second on a reader, copies committed pages into the database file
         // off the write path; but under continuous writes it never catches up completely, and only a complete
         // checkpoint lets the WAL restart from its beginning. So the writer still checkpoints once the WAL passes
