@@ -34,6 +34,8 @@ pub enum EntryOutcome {
 /// Journal entries converted in one transaction: one commit, one read of the messages and one bulk write of
 /// their resources for all of them.
 const ENTRIES_PER_TRANSACTION: usize = 32;
+/// Transactions of entries run again at once after losing a race to create the same resource.
+const MAX_IMMEDIATE_RETRIES: u32 = 3;
 
 /// Converts the journal entries the claimed jobs name, in order, [`ENTRIES_PER_TRANSACTION`] at a time; each job
 /// completes in the transaction of its last entry. At shutdown, what is left is handed back as new jobs.
@@ -59,6 +61,7 @@ pub(super) async fn run_jobs(store: &Store, jobs: Vec<Job>, settings: &WorkerSet
     }
     // Jobs whose lease went to another worker: their entries are left to it.
     let mut lost = vec![false; claimed.len()];
+    let mut conflicts = 0;
     let mut start = 0;
     while start < work.len() {
         if start > 0 && shutdown.is_cancelled() {
@@ -90,7 +93,14 @@ pub(super) async fn run_jobs(store: &Store, jobs: Vec<Job>, settings: &WorkerSet
             .map(|j| claimed[j].0.clone())
             .collect();
         match convert_entries(store, &ids, &finishing, settings.routes.as_ref()).await {
-            Ok(_) => start = end,
+            Ok(_) => {
+                start = end;
+                conflicts = 0;
+            }
+            // Another worker created a resource these entries also create (their Organization, a shared Patient)
+            // between this transaction's read and its insert (PostgreSQL runs workers side by side): nothing
+            // committed, and run again the entries find it stored.
+            Err(StoreError::VersionConflict { .. }) if conflicts < MAX_IMMEDIATE_RETRIES => conflicts += 1,
             Err(StoreError::LeaseLost { job_id }) => {
                 // Nothing of this transaction committed: run it again without the job that is no longer ours.
                 tracing::warn!(job_id, "conversion job lease lost before completion; leaving it to its new holder");

@@ -385,3 +385,50 @@ async fn normalizing_jobs_together_writes_what_one_at_a_time_writes() {
         assert!(dead[0].1.contains("ahc-invalid"), "{dead:?}");
     }
 }
+
+/// On PostgreSQL workers convert side by side: two batches whose messages all create one new Organization race to
+/// create it. The loser's transaction runs again at once and finds it stored, so every entry converts and every
+/// job completes on its first claim instead of waiting for a retry.
+#[tokio::test]
+async fn side_by_side_conversions_creating_the_same_resources_all_complete_at_once() {
+    let base =
+        std::env::var("SDOH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = Store::connect(&StoreOptions::new(base.clone())).await.expect("PostgreSQL is required for this test");
+    let schema = format!("worker_race_{}", std::process::id());
+    store::testing::execute(&admin, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let store =
+        Store::connect(&StoreOptions::new(format!("{base}?options=-c%20search_path%3D{schema}"))).await.unwrap();
+    store.migrate().await.unwrap();
+    for round in 0..3 {
+        let facility = format!("RACE-CLINIC-{round}");
+        let batch = |first: usize| -> Vec<String> {
+            (first..first + 10)
+                .map(|n| {
+                    message(
+                        "oru_r01_hvs.hl7",
+                        &format!("R{round}-{n}"),
+                        &[("|CLINIC-1|", &format!("|{facility}|")), ("MRN00000002", &format!("MRN8{round}{n:06}"))],
+                    )
+                })
+                .collect()
+        };
+        let ids = [journal_batch(&store, &batch(0)).await, journal_batch(&store, &batch(10)).await].concat();
+        let first = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap();
+        let second = store.claim(CONVERT, 1, Duration::from_secs(60)).await.unwrap();
+        let settings = WorkerSettings::default();
+        let none = tokio_util::sync::CancellationToken::new();
+        tokio::join!(
+            convert::run_jobs(&store, first, &settings, &none),
+            convert::run_jobs(&store, second, &settings, &none)
+        );
+        for id in ids {
+            assert_eq!(status(&store, id).await.0, "converted", "round {round}");
+        }
+        let left = store.job_counts().await.unwrap();
+        assert!(left.iter().all(|c| c.queue != CONVERT), "round {round}: {left:?}");
+    }
+    store.close().await;
+    store::testing::execute(&admin, &format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
