@@ -40,10 +40,11 @@ async fn rows(store: &Store) -> BTreeMap<(String, String), Fact> {
     let mut cursor = FactCursor::default();
     loop {
         // A small page, so paging itself is exercised.
-        let (page, next) = store.scan_facts(&cursor, 3).await.unwrap();
-        for row in page {
-            let fact: Fact = serde_json::from_str(&row.payload).unwrap();
-            all.insert((row.resource_type, row.id), fact);
+        let types = ["Patient", "Coverage", "Encounter", "Observation", "ServiceRequest", "Task"];
+        let (page, next) = store.scan_facts(&types, &cursor, 3).await.unwrap();
+        for (id, payload) in page.rows() {
+            let fact: Fact = serde_json::from_str(payload).unwrap();
+            assert!(all.insert((page.resource_type.clone(), id.to_owned()), fact).is_none(), "each row once");
         }
         match next {
             Some(after) => cursor = after,

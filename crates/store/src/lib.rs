@@ -32,7 +32,7 @@ pub use access::{
     ApiClient, CLIENT_ROLES, DIRECTORY_TYPES, Grant, NewClientCredentials, Scope, is_organization_reference,
 };
 pub use error::{Result, StoreError};
-pub use facts::{FactCursor, FactRow};
+pub use facts::{FactCursor, FactPage};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
 pub use outbound::{OutboundAck, OutboundQuery, OutboundRecord, OutboundState};

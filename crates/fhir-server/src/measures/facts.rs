@@ -395,24 +395,30 @@ pub fn fact_payload(resource: &Value) -> Option<String> {
     contribution(resource).map(|fact| serde_json::to_string(&fact).expect("facts serialize"))
 }
 
-/// Builds the facts of every patient (or of the `cohort`'s patients) from the materialized fact rows (one pass in
-/// key order over `measure_facts`; the next page is read while this one is decoded).
+/// The fact types, in the order `load_facts` reads them.
+fn fact_type_names() -> Vec<&'static str> {
+    FACT_TYPES.iter().map(|(t, _)| *t).collect()
+}
+
+/// Builds the facts of every patient (or of the `cohort`'s patients) from the materialized fact rows: one pass over
+/// `measure_facts`, a page of rows at a time (`Store::scan_facts`), the next page read while this one is decoded.
 pub async fn load_facts(store: &Store, cohort: Option<&HashSet<String>>) -> Result<Vec<PatientFacts>, StoreError> {
     let mut builder = FactsBuilder::new(cohort);
-    let (mut page, mut next) = store.scan_facts(&store::FactCursor::default(), FACT_PAGE_SIZE).await?;
+    let types = fact_type_names();
+    let (mut page, mut next) = store.scan_facts(&types, &store::FactCursor::default(), FACT_PAGE_SIZE).await?;
     loop {
         let fetch = async {
             match &next {
-                Some(cursor) => store.scan_facts(cursor, FACT_PAGE_SIZE).await.map(Some),
+                Some(cursor) => store.scan_facts(&types, cursor, FACT_PAGE_SIZE).await.map(Some),
                 None => Ok(None),
             }
         };
         let decode = async {
-            for row in &page {
-                match serde_json::from_str::<Fact>(&row.payload) {
-                    Ok(fact) => builder.add(&row.id, fact),
+            for (id, payload) in page.rows() {
+                match serde_json::from_str::<Fact>(payload) {
+                    Ok(fact) => builder.add(id, fact),
                     Err(_) => {
-                        tracing::warn!(resource_type = %row.resource_type, id = %row.id, "unreadable measure fact row; skipped")
+                        tracing::warn!(resource_type = %page.resource_type, id, "unreadable measure fact row; skipped")
                     }
                 }
             }
