@@ -157,3 +157,18 @@ impl Store {
         Ok((FactPage::default(), None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_that_would_break_a_page_into_wrong_lines_are_refused() {
+        assert!(check_payload(r#"{"E":{"p":"a","d":1}}"#).is_ok());
+        assert!(check_payload("{\"P\":{\"c\":\"A\nB\"}}").is_err());
+        assert!(check_payload("{\"P\":{\"c\":\"A\tB\"}}").is_err());
+        let page = FactPage { resource_type: "Encounter".into(), lines: "e1\t{\"x\":1}\ne2\t{\"y\":2}".into() };
+        assert_eq!(page.rows().collect::<Vec<_>>(), vec![("e1", "{\"x\":1}"), ("e2", "{\"y\":2}")]);
+        assert_eq!(FactPage::default().rows().count(), 0);
+    }
+}
