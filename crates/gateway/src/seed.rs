@@ -418,13 +418,7 @@ mod tests {
         let population = Population::default();
         let mut builder = fhir_server::measures::facts::FactsBuilder::new(None);
         let resources: Vec<Value> = (0..2000).flat_map(|n| population.patient(n)).collect();
-        let of = |t: &'static str| resources.iter().filter(move |r| r["resourceType"] == t);
-        of("Patient").for_each(|r| builder.add_patient(r));
-        of("Coverage").for_each(|r| builder.add_coverage(r));
-        of("Encounter").for_each(|r| builder.add_encounter(r));
-        of("Observation").for_each(|r| builder.add_observation(r));
-        of("ServiceRequest").for_each(|r| builder.add_service_request(r));
-        of("Task").for_each(|r| builder.add_task(r));
+        resources.iter().for_each(|r| builder.add_resource(r));
         let facts = builder.finish();
         assert_eq!(facts.len(), 2000);
         let measures = sdoh::measures::MeasureSet::builtin();

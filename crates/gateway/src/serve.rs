@@ -10,13 +10,21 @@ use crate::config::{GatewayConfig, redact_url};
 use crate::http::{AppState, router};
 use crate::ingest::{AcceptPolicy, CommitSettings, GroupCommitter, IngestService};
 
-/// Opens the database named by the configuration, bounded by its connect timeout, and brings the schema up to date.
+/// Opens the database named by the configuration, bounded by its connect timeout, and brings the schema (and the
+/// measure facts of an upgraded database) up to date.
 pub async fn open_store(config: &GatewayConfig) -> anyhow::Result<store::Store> {
     let shown_url = redact_url(&config.database.url);
     let store = store::Store::connect(&config.store_options())
         .await
         .with_context(|| format!("cannot open the database at {shown_url}"))?;
     store.migrate().await.with_context(|| format!("cannot migrate the database at {shown_url}"))?;
+    // Resources written before the measures' fact rows existed get theirs once, before anything else runs.
+    let filled = fhir_server::measures::facts::backfill(&store)
+        .await
+        .with_context(|| format!("cannot fill the measure facts in the database at {shown_url}"))?;
+    if filled > 0 {
+        tracing::info!(rows = filled, "measure facts filled for resources written before they were kept");
+    }
     Ok(store)
 }
 

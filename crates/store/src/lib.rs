@@ -7,6 +7,7 @@
 mod access;
 mod durability;
 mod error;
+mod facts;
 mod jobs;
 mod journal;
 mod listing;
@@ -32,6 +33,7 @@ pub use access::{
     ApiClient, CLIENT_ROLES, DIRECTORY_TYPES, Grant, NewClientCredentials, Scope, is_organization_reference,
 };
 pub use error::{Result, StoreError};
+pub use facts::{FactCursor, FactPage};
 pub use jobs::{Backoff, FailOutcome, Job, JobCount, JobState, NewJob};
 pub use journal::{JournalEntry, JournalOutcome, JournalQuery, JournalStatus, NewMessage, journal_ids_of};
 pub use outbound::{OutboundAck, OutboundQuery, OutboundRecord, OutboundState};

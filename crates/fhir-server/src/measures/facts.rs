@@ -18,8 +18,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use sdoh::measures::{HrsnDomain, PatientFacts, Referral, Screening, parse_iso_date};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use store::{Store, StoreError};
 
@@ -233,8 +234,9 @@ fn task_progress(task: &Value) -> Option<(&str, Option<NaiveDate>, Option<NaiveD
     Some((request, date_of(task.get("authoredOn")), completed))
 }
 
-/// The types measures read, and the text a resource of the type must contain to matter (only SDOHCC-categorised
-/// Observations and ServiceRequests, and Tasks about a ServiceRequest: the rest are passed over unparsed).
+/// The types that contribute measure facts, and the text a document of the type must contain to contribute (only
+/// SDOHCC-categorised Observations and ServiceRequests, and Tasks about a ServiceRequest: the rest are passed over
+/// unparsed by the backfill).
 const FACT_TYPES: [(&str, Option<&str>); 6] = [
     ("Patient", None),
     ("Coverage", None),
@@ -244,26 +246,184 @@ const FACT_TYPES: [(&str, Option<&str>); 6] = [
     ("Task", Some("ServiceRequest/")),
 ];
 
-/// Builds the facts of every patient (or of the `cohort`'s patients) from the store, in one pass over the stored
-/// resources of every type involved (`Store::scan_types`).
+/// Whether resources of the type may contribute measure facts (and so have a `measure_facts` row to keep current).
+pub fn is_fact_type(resource_type: &str) -> bool {
+    FACT_TYPES.iter().any(|(t, _)| *t == resource_type)
+}
+
+/// Fact rows read per store round trip.
+const FACT_PAGE_SIZE: u32 = 10_000;
+
+/// What one resource contributes to the measures: the few fields [`FactsBuilder`] needs, stored as a compact JSON
+/// row (`measure_facts`) beside the resource so a measure never parses documents. Days are days from the common
+/// era (`NaiveDate::num_days_from_ce`). Keys are one letter: a row is a few dozen bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Fact {
+    /// A Patient's demographics, as stratum labels.
+    #[serde(rename = "P")]
+    Patient {
+        #[serde(rename = "b", default, skip_serializing_if = "Option::is_none")]
+        birth_date: Option<i32>,
+        #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+        sex: Option<String>,
+        #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+        race: Option<String>,
+        #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+        ethnicity: Option<String>,
+        #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
+        #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+        county: Option<String>,
+    },
+    /// A Patient `replaced-by` another (an A40 merge): resolved to the survivor when the facts are finished.
+    #[serde(rename = "M")]
+    Merged {
+        #[serde(rename = "s")]
+        survivor: String,
+    },
+    /// An active Coverage: beneficiary, order (absent: last) and payer type.
+    #[serde(rename = "C")]
+    Coverage {
+        #[serde(rename = "p")]
+        beneficiary: String,
+        #[serde(rename = "o")]
+        order: u64,
+        #[serde(rename = "t")]
+        payer: String,
+    },
+    /// An Encounter that took place, on its start day.
+    #[serde(rename = "E")]
+    Encounter {
+        #[serde(rename = "p")]
+        patient: String,
+        #[serde(rename = "d")]
+        day: i32,
+    },
+    /// A final screening Observation: its HRSN domains, day and result.
+    #[serde(rename = "O")]
+    Screening {
+        #[serde(rename = "p")]
+        patient: String,
+        #[serde(rename = "d")]
+        day: i32,
+        #[serde(rename = "+")]
+        positive: bool,
+        #[serde(rename = "h")]
+        domains: Vec<HrsnDomain>,
+    },
+    /// A referral ServiceRequest (the row's id is the request's).
+    #[serde(rename = "S")]
+    Referral {
+        #[serde(rename = "p")]
+        patient: String,
+        #[serde(rename = "h")]
+        domain: HrsnDomain,
+        #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+        authored: Option<i32>,
+    },
+    /// A referral Task (not a sub-Task): the ServiceRequest it is about, its authored and completion days.
+    #[serde(rename = "T")]
+    Task {
+        #[serde(rename = "r")]
+        request: String,
+        #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+        authored: Option<i32>,
+        #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+        completed: Option<i32>,
+    },
+}
+
+fn to_days(date: NaiveDate) -> i32 {
+    date.num_days_from_ce()
+}
+
+fn from_days(days: i32) -> Option<NaiveDate> {
+    NaiveDate::from_num_days_from_ce_opt(days)
+}
+
+/// What a resource contributes to the measures, if anything. A Task's completion may fall back to its
+/// `meta.lastUpdated`, so Tasks are reduced from the version as stored (stamped).
+pub fn contribution(resource: &Value) -> Option<Fact> {
+    match resource["resourceType"].as_str()? {
+        "Patient" => Some(match replaced_by(resource) {
+            Some(survivor) => Fact::Merged { survivor: survivor.to_owned() },
+            None => {
+                let f = patient_facts(resource);
+                Fact::Patient {
+                    birth_date: f.birth_date.map(to_days),
+                    sex: f.sex,
+                    race: f.race,
+                    ethnicity: f.ethnicity,
+                    language: f.language,
+                    county: f.county,
+                }
+            }
+        }),
+        "Coverage" => coverage_payer(resource).map(|(beneficiary, order, payer)| Fact::Coverage {
+            beneficiary: beneficiary.to_owned(),
+            order,
+            payer,
+        }),
+        "Encounter" => encounter_day(resource)
+            .map(|(patient, day)| Fact::Encounter { patient: patient.to_owned(), day: to_days(day) }),
+        "Observation" => {
+            let (patient, screenings) = observation_screenings(resource)?;
+            let first = screenings.first()?;
+            Some(Fact::Screening {
+                patient: patient.to_owned(),
+                day: to_days(first.date),
+                positive: first.positive,
+                domains: screenings.iter().map(|s| s.domain).collect(),
+            })
+        }
+        "ServiceRequest" => service_request_referral(resource).map(|(_, patient, domain, authored)| Fact::Referral {
+            patient: patient.to_owned(),
+            domain,
+            authored: authored.map(to_days),
+        }),
+        "Task" => task_progress(resource).map(|(request, authored, completed)| Fact::Task {
+            request: request.to_owned(),
+            authored: authored.map(to_days),
+            completed: completed.map(to_days),
+        }),
+        _ => None,
+    }
+}
+
+/// The `measure_facts` payload of a resource: `None` when it contributes nothing (then it has no row).
+pub fn fact_payload(resource: &Value) -> Option<String> {
+    contribution(resource).map(|fact| serde_json::to_string(&fact).expect("facts serialize"))
+}
+
+/// The fact types, in the order `load_facts` reads them.
+fn fact_type_names() -> Vec<&'static str> {
+    FACT_TYPES.iter().map(|(t, _)| *t).collect()
+}
+
+/// Builds the facts of every patient (or of the `cohort`'s patients) from the materialized fact rows: one pass over
+/// `measure_facts`, a page of rows at a time (`Store::scan_facts`), the next page read while this one is decoded.
 pub async fn load_facts(store: &Store, cohort: Option<&HashSet<String>>) -> Result<Vec<PatientFacts>, StoreError> {
     let mut builder = FactsBuilder::new(cohort);
-    let types: Vec<&str> = FACT_TYPES.iter().map(|(t, _)| *t).collect();
-    let finders: Vec<Option<memchr::memmem::Finder>> =
-        FACT_TYPES.iter().map(|(_, needle)| needle.map(memchr::memmem::Finder::new)).collect();
-    let (mut page, mut next) = store.scan_types(&types, &store::ScanCursor::default(), PAGE_SIZE).await?;
+    let types = fact_type_names();
+    let (mut page, mut next) = store.scan_facts(&types, &store::FactCursor::default(), FACT_PAGE_SIZE).await?;
     loop {
-        // The next page is read (by SQLite's worker thread or PostgreSQL) while this one is parsed.
         let fetch = async {
             match &next {
-                Some(cursor) => store.scan_types(&types, cursor, PAGE_SIZE).await.map(Some),
+                Some(cursor) => store.scan_facts(&types, cursor, FACT_PAGE_SIZE).await.map(Some),
                 None => Ok(None),
             }
         };
-        let parse = async {
-            add_page(&mut builder, &types, &finders, &page);
+        let decode = async {
+            for (id, payload) in page.rows() {
+                match serde_json::from_str::<Fact>(payload) {
+                    Ok(fact) => builder.add(id, fact),
+                    Err(_) => {
+                        tracing::warn!(resource_type = %page.resource_type, id, "unreadable measure fact row; skipped")
+                    }
+                }
+            }
         };
-        let (fetched, ()) = tokio::join!(fetch, parse);
+        let (fetched, ()) = tokio::join!(fetch, decode);
         match fetched? {
             Some((following, after)) => (page, next) = (following, after),
             None => return Ok(builder.finish()),
@@ -271,35 +431,50 @@ pub async fn load_facts(store: &Store, cohort: Option<&HashSet<String>>) -> Resu
     }
 }
 
-/// Feeds one page of resources to the builder.
-fn add_page(
-    builder: &mut FactsBuilder<'_>,
-    types: &[&str],
-    finders: &[Option<memchr::memmem::Finder<'_>>],
-    page: &[store::StoredResource],
-) {
-    for stored in page {
-        let Some(content) = stored.content.as_deref() else { continue };
-        let Some(kind) = types.iter().position(|t| *t == stored.resource_type) else { continue };
-        if finders[kind].as_ref().is_some_and(|f| f.find(content.as_bytes()).is_none()) {
-            continue;
-        }
-        let resource = match serde_json::from_str::<Value>(content) {
-            Ok(resource) => resource,
-            Err(_) => {
-                tracing::warn!(resource_type = %stored.resource_type, id = %stored.id, "stored resource is not JSON; skipped");
+/// Fills `measure_facts` for the resources written before it existed, once (migration 0010 leaves a marker that
+/// this removes): every live resource of a fact type is reduced as the write path would, in one transaction that
+/// keeps other writers of fact rows out until it commits. The gateway runs it when it opens the database; it
+/// returns the rows written (0 when there was nothing to do).
+pub async fn backfill(store: &Store) -> Result<u64, StoreError> {
+    let mut tx = store.begin().await?;
+    if !tx.begin_fact_backfill().await? {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let types: Vec<&str> = FACT_TYPES.iter().map(|(t, _)| *t).collect();
+    let finders: Vec<Option<memchr::memmem::Finder>> =
+        FACT_TYPES.iter().map(|(_, needle)| needle.map(memchr::memmem::Finder::new)).collect();
+    let mut written = 0;
+    let mut cursor = store::ScanCursor::default();
+    loop {
+        let (page, next) = store.scan_types(&types, &cursor, PAGE_SIZE).await?;
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        for stored in &page {
+            let Some(content) = stored.content.as_deref() else { continue };
+            let Some(kind) = types.iter().position(|t| *t == stored.resource_type) else { continue };
+            if finders[kind].as_ref().is_some_and(|f| f.find(content.as_bytes()).is_none()) {
                 continue;
             }
-        };
-        match kind {
-            0 => builder.add_patient(&resource),
-            1 => builder.add_coverage(&resource),
-            2 => builder.add_encounter(&resource),
-            3 => builder.add_observation(&resource),
-            4 => builder.add_service_request(&resource),
-            _ => builder.add_task(&resource),
+            let Ok(resource) = serde_json::from_str::<Value>(content) else {
+                tracing::warn!(resource_type = %stored.resource_type, id = %stored.id, "stored resource is not JSON; skipped");
+                continue;
+            };
+            if let Some(payload) = fact_payload(&resource) {
+                rows.push((stored.resource_type.clone(), stored.id.clone(), payload));
+            }
+        }
+        let borrowed: Vec<(&str, &str, &str)> =
+            rows.iter().map(|(t, i, p)| (t.as_str(), i.as_str(), p.as_str())).collect();
+        tx.put_facts(&borrowed).await?;
+        written += rows.len() as u64;
+        match next {
+            Some(after) => cursor = after,
+            None => break,
         }
     }
+    tx.finish_fact_backfill().await?;
+    tx.commit().await?;
+    Ok(written)
 }
 
 /// Calls `visit` on every live resource of the type (whose JSON contains `containing`, when given), a page at a
@@ -374,56 +549,66 @@ impl<'c> FactsBuilder<'c> {
         self.patients.get_mut(id).expect("inserted above")
     }
 
-    pub fn add_patient(&mut self, patient: &Value) {
-        let Some(id) = patient["id"].as_str() else { return };
-        if let Some(survivor) = replaced_by(patient) {
-            self.aliases.insert(id.to_owned(), survivor.to_owned());
-            return;
-        }
-        let demographics = patient_facts(patient);
-        let entry = self.collected(id);
-        let facts = &mut entry.facts;
-        facts.birth_date = demographics.birth_date;
-        facts.sex = demographics.sex;
-        facts.race = demographics.race;
-        facts.ethnicity = demographics.ethnicity;
-        facts.language = demographics.language;
-        facts.county = demographics.county;
-        entry.has_patient = true;
-    }
-
-    pub fn add_coverage(&mut self, coverage: &Value) {
-        let Some((beneficiary, order, label)) = coverage_payer(coverage) else { return };
-        let id = coverage["id"].as_str().unwrap_or_default();
-        let better = self.coverage.get(beneficiary).is_none_or(|(best, best_id, _)| (order, id) < (*best, best_id));
-        if better {
-            self.coverage.insert(beneficiary.to_owned(), (order, id.to_owned(), label));
+    /// Adds what a resource document contributes (as its fact row would).
+    pub fn add_resource(&mut self, resource: &Value) {
+        let id = resource["id"].as_str().unwrap_or_default().to_owned();
+        if let Some(fact) = contribution(resource) {
+            self.add(&id, fact);
         }
     }
 
-    pub fn add_encounter(&mut self, encounter: &Value) {
-        let Some((patient, day)) = encounter_day(encounter) else { return };
-        self.collected(patient).facts.encounters.push(day);
-    }
-
-    pub fn add_observation(&mut self, observation: &Value) {
-        let Some((patient, screenings)) = observation_screenings(observation) else { return };
-        let facts = &mut self.collected(patient).facts;
-        for screening in screenings {
-            add_screening(&mut facts.screenings, screening);
+    /// Adds the fact of the resource `id` (its fact row's key).
+    pub fn add(&mut self, id: &str, fact: Fact) {
+        match fact {
+            Fact::Patient { birth_date, sex, race, ethnicity, language, county } => {
+                if id.is_empty() {
+                    return;
+                }
+                let entry = self.collected(id);
+                let facts = &mut entry.facts;
+                facts.birth_date = birth_date.and_then(from_days);
+                facts.sex = sex;
+                facts.race = race;
+                facts.ethnicity = ethnicity;
+                facts.language = language;
+                facts.county = county;
+                entry.has_patient = true;
+            }
+            Fact::Merged { survivor } => {
+                if !id.is_empty() {
+                    self.aliases.insert(id.to_owned(), survivor);
+                }
+            }
+            Fact::Coverage { beneficiary, order, payer } => {
+                let better =
+                    self.coverage.get(&beneficiary).is_none_or(|(best, best_id, _)| (order, id) < (*best, best_id));
+                if better {
+                    self.coverage.insert(beneficiary, (order, id.to_owned(), payer));
+                }
+            }
+            Fact::Encounter { patient, day } => {
+                if let Some(day) = from_days(day) {
+                    self.collected(&patient).facts.encounters.push(day);
+                }
+            }
+            Fact::Screening { patient, day, positive, domains } => {
+                let Some(date) = from_days(day) else { return };
+                let facts = &mut self.collected(&patient).facts;
+                for domain in domains {
+                    add_screening(&mut facts.screenings, Screening { domain, date, positive });
+                }
+            }
+            Fact::Referral { patient, domain, authored } => {
+                if !id.is_empty() {
+                    self.requests.insert(id.to_owned(), (patient, domain, authored.and_then(from_days)));
+                }
+            }
+            Fact::Task { request, authored, completed } => {
+                let entry = self.tasks.entry(request).or_default();
+                entry.0 = earliest(entry.0, authored.and_then(from_days));
+                entry.1 = earliest(entry.1, completed.and_then(from_days));
+            }
         }
-    }
-
-    pub fn add_service_request(&mut self, request: &Value) {
-        let Some((id, patient, domain, authored)) = service_request_referral(request) else { return };
-        self.requests.insert(id.to_owned(), (patient.to_owned(), domain, authored));
-    }
-
-    pub fn add_task(&mut self, task: &Value) {
-        let Some((request, authored, completed)) = task_progress(task) else { return };
-        let entry = self.tasks.entry(request.to_owned()).or_default();
-        entry.0 = earliest(entry.0, authored);
-        entry.1 = earliest(entry.1, completed);
     }
 
     /// The facts, in patient id order: a merged-away patient's data goes to its survivor, patients without a
@@ -553,9 +738,9 @@ mod tests {
             .expect("normalizes")
             .expect("a known instrument");
         let mut builder = FactsBuilder::new(None);
-        builder.add_patient(&json!({"resourceType": "Patient", "id": "p1"}));
+        builder.add_resource(&json!({"resourceType": "Patient", "id": "p1"}));
         for resource in derived.resources.iter().filter(|r| r["resourceType"] == "Observation") {
-            builder.add_observation(resource);
+            builder.add_resource(resource);
         }
         let facts = builder.finish();
         assert_eq!(
@@ -567,26 +752,27 @@ mod tests {
     #[test]
     fn referrals_join_their_tasks_and_merged_patients_join_their_survivor() {
         let mut builder = FactsBuilder::new(None);
-        builder.add_patient(&json!({"resourceType": "Patient", "id": "keep"}));
-        builder.add_patient(&json!({"resourceType": "Patient", "id": "old",
+        builder.add_resource(&json!({"resourceType": "Patient", "id": "keep"}));
+        builder.add_resource(&json!({"resourceType": "Patient", "id": "old",
             "link": [{"other": {"reference": "Patient/keep"}, "type": "replaced-by"}]}));
         let food = json!([{"coding": [{"system": SDOHCC_CODES, "code": "food-insecurity"}]}]);
-        builder.add_encounter(&json!({"resourceType": "Encounter", "status": "finished",
+        builder.add_resource(&json!({"resourceType": "Encounter", "status": "finished",
             "subject": {"reference": "Patient/old"}, "period": {"start": "2026-01-10T09:00:00-05:00"}}));
-        builder.add_encounter(&json!({"resourceType": "Encounter", "status": "cancelled",
+        builder.add_resource(&json!({"resourceType": "Encounter", "status": "cancelled",
             "subject": {"reference": "Patient/keep"}, "period": {"start": "2026-01-11"}}));
-        builder.add_service_request(&json!({"resourceType": "ServiceRequest", "id": "sr1", "status": "active",
+        builder.add_resource(&json!({"resourceType": "ServiceRequest", "id": "sr1", "status": "active",
             "category": food, "subject": {"reference": "Patient/old"}, "authoredOn": "2026-01-12"}));
-        builder.add_service_request(&json!({"resourceType": "ServiceRequest", "id": "sr2", "status": "active",
+        builder.add_resource(&json!({"resourceType": "ServiceRequest", "id": "sr2", "status": "active",
             "category": food, "subject": {"reference": "Patient/keep"}}));
-        builder.add_service_request(&json!({"resourceType": "ServiceRequest", "id": "sr3",
+        builder.add_resource(&json!({"resourceType": "ServiceRequest", "id": "sr3",
             "status": "entered-in-error", "category": food, "subject": {"reference": "Patient/keep"},
             "authoredOn": "2026-01-12"}));
-        builder.add_task(&json!({"resourceType": "Task", "status": "completed",
+        builder.add_resource(&json!({"resourceType": "Task", "status": "completed",
             "focus": {"reference": "ServiceRequest/sr1"}, "executionPeriod": {"end": "2026-01-20T12:00:00Z"}}));
-        builder.add_task(&json!({"resourceType": "Task", "status": "completed", "partOf": [{"reference": "Task/t"}],
+        builder
+            .add_resource(&json!({"resourceType": "Task", "status": "completed", "partOf": [{"reference": "Task/t"}],
             "focus": {"reference": "ServiceRequest/sr2"}, "executionPeriod": {"end": "2026-01-13"}}));
-        builder.add_task(&json!({"resourceType": "Task", "status": "in-progress",
+        builder.add_resource(&json!({"resourceType": "Task", "status": "in-progress",
             "focus": {"reference": "ServiceRequest/sr2"}, "authoredOn": "2026-01-14"}));
         let facts = builder.finish();
         assert_eq!(facts.len(), 1, "the merged-away patient is not counted on its own");
@@ -626,14 +812,7 @@ mod tests {
         let build = |order: &[Value]| {
             let mut builder = FactsBuilder::new(None);
             for r in order {
-                match r["resourceType"].as_str().unwrap() {
-                    "Patient" => builder.add_patient(r),
-                    "Coverage" => builder.add_coverage(r),
-                    "Encounter" => builder.add_encounter(r),
-                    "Observation" => builder.add_observation(r),
-                    "ServiceRequest" => builder.add_service_request(r),
-                    _ => builder.add_task(r),
-                }
+                builder.add_resource(r);
             }
             builder.finish()
         };
@@ -655,13 +834,13 @@ mod tests {
     fn a_cohort_limits_the_population_and_coverage_order_picks_the_payer() {
         let cohort: HashSet<String> = ["a".to_owned()].into();
         let mut builder = FactsBuilder::new(Some(&cohort));
-        builder.add_patient(&json!({"resourceType": "Patient", "id": "a"}));
-        builder.add_patient(&json!({"resourceType": "Patient", "id": "b"}));
-        builder.add_coverage(&json!({"resourceType": "Coverage", "status": "active", "order": 2,
+        builder.add_resource(&json!({"resourceType": "Patient", "id": "a"}));
+        builder.add_resource(&json!({"resourceType": "Patient", "id": "b"}));
+        builder.add_resource(&json!({"resourceType": "Coverage", "status": "active", "order": 2,
             "beneficiary": {"reference": "Patient/a"}, "type": {"coding": [{"code": "MCPOL", "display": "Medicare"}]}}));
-        builder.add_coverage(&json!({"resourceType": "Coverage", "status": "active", "order": 1,
+        builder.add_resource(&json!({"resourceType": "Coverage", "status": "active", "order": 1,
             "beneficiary": {"reference": "Patient/a"}, "type": {"text": "Medicaid"}}));
-        builder.add_coverage(&json!({"resourceType": "Coverage", "status": "cancelled", "order": 0,
+        builder.add_resource(&json!({"resourceType": "Coverage", "status": "cancelled", "order": 0,
             "beneficiary": {"reference": "Patient/a"}, "type": {"text": "Private"}}));
         let facts = builder.finish();
         assert_eq!(facts.len(), 1);

@@ -12,6 +12,7 @@ use super::access::{self, Change};
 use super::referral;
 use super::search::index_rows;
 use crate::auth::Caller;
+use crate::measures::facts;
 
 /// Queue of normalization jobs: one per written or deleted QuestionnaireResponse version, with payload
 /// `{"resourceType", "id", "versionId"}`.
@@ -103,6 +104,7 @@ async fn write_version(
         referral::check_task_write(caller, before.as_ref(), &resource)?;
     }
     let rows = index_rows(&resource);
+    let fact = early_fact(&resource);
     let triggers = matches!(resource_type.as_str(), "Task" | "ServiceRequest").then(|| resource.clone());
     let written = tx.put(resource, precondition).await?;
     let (resource_type, id) = (&written.resource.resource_type, &written.resource.id);
@@ -110,6 +112,12 @@ async fn write_version(
         tx.insert_index(resource_type, id, &rows).await?;
     } else {
         tx.replace_index(resource_type, id, &rows).await?;
+    }
+    if let Some(payload) = fact_after_write(&written.resource, fact) {
+        // A create has no row to remove: a resource that contributes nothing costs no statement.
+        if payload.is_some() || !written.created {
+            tx.set_fact(resource_type, id, payload.as_deref()).await?;
+        }
     }
     if written.created {
         grant_to_author(tx, caller, &written.resource).await?;
@@ -147,6 +155,7 @@ pub async fn create_all_as(
         }
     }
     let rows: Vec<_> = resources.iter().map(index_rows).collect();
+    let facts: Vec<Option<Option<String>>> = resources.iter().map(early_fact).collect();
     let triggers: Vec<Option<Value>> = resources
         .iter()
         .map(|r| matches!(r["resourceType"].as_str(), Some("Task" | "ServiceRequest")).then(|| r.clone()))
@@ -156,6 +165,14 @@ pub async fn create_all_as(
         tx.insert_index(&w.resource.resource_type, &w.resource.id, &rows).await?;
         grant_to_author(tx, caller, &w.resource).await?;
     }
+    let payloads: Vec<Option<String>> =
+        written.iter().zip(facts).map(|(w, fact)| fact_after_write(&w.resource, fact).flatten()).collect();
+    let fact_rows: Vec<(&str, &str, &str)> = written
+        .iter()
+        .zip(&payloads)
+        .filter_map(|(w, p)| Some((w.resource.resource_type.as_str(), w.resource.id.as_str(), p.as_deref()?)))
+        .collect();
+    tx.put_facts(&fact_rows).await?;
     // Checked once everything created together is the caller's (a platform's ServiceRequest and the sub-Task that
     // focuses it), and before any Task grants what it references.
     for content in triggers.iter().flatten() {
@@ -165,6 +182,31 @@ pub async fn create_all_as(
         after_change(tx, NewVersion { version: &w.resource, content: content.as_ref(), previous: Some(None) }).await?;
     }
     Ok(written)
+}
+
+/// The measure-fact payload of a resource about to be written, reduced before the store takes it (no copy): outer
+/// `None` for types that contribute nothing (no row, no statement) and for Tasks, whose completion day may come
+/// from the `meta.lastUpdated` the store stamps, so they are reduced after the write by [`fact_after_write`].
+fn early_fact(resource: &Value) -> Option<Option<String>> {
+    let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+    (facts::is_fact_type(resource_type) && resource_type != "Task").then(|| facts::fact_payload(resource))
+}
+
+/// The fact row a written version must have (`Some(None)`: none), or `None` when its type has no fact rows. Every
+/// writer calls this in the write's transaction, so `measure_facts` is current whenever the resource is.
+fn fact_after_write(version: &StoredResource, early: Option<Option<String>>) -> Option<Option<String>> {
+    if let Some(payload) = early {
+        return Some(payload);
+    }
+    if version.resource_type != "Task" {
+        return None;
+    }
+    let content = version.content.as_deref()?;
+    // Only Tasks about a ServiceRequest contribute: the rest are never parsed again.
+    if memchr::memmem::find(content.as_bytes(), b"ServiceRequest/").is_none() {
+        return Some(None);
+    }
+    Some(serde_json::from_str::<Value>(content).ok().as_ref().and_then(facts::fact_payload))
 }
 
 /// What the write path knows of a change, for what the change triggers: the hooks use what the writer already read
@@ -233,6 +275,9 @@ pub async fn delete_as(
     let deleted = tx.delete(resource_type, id, precondition).await?;
     if let Some(tombstone) = &deleted {
         tx.clear_index(resource_type, id).await?;
+        if facts::is_fact_type(resource_type) {
+            tx.set_fact(resource_type, id, None).await?;
+        }
         match resource_type {
             // A deleted referral grants nothing any more; what its order referenced is granted afresh.
             "Task" => tx.set_task_grants(id, &[]).await?,

@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     options.sqlite_durability = store::SqliteDurability::Normal;
     let store = store::Store::connect(&options).await?;
     store.migrate().await?;
+    fhir_server::measures::facts::backfill(&store).await?;
     let started = Instant::now();
     let population = Population { seed: args.seed, ..Population::default() };
     let mut reported = 0;
