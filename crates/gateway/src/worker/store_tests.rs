@@ -25,21 +25,18 @@ fn conformance(path: &str) -> String {
 /// Journals a conformance message (queuing its conversion job) and returns its journal id.
 async fn journal(store: &Store, name: &str) -> i64 {
     let raw = conformance(&format!("v2fhir/{name}")).trim_end().replace("\r\n", "\r").replace('\n', "\r");
-    let message = hl7v2::Message::parse(raw.as_bytes()).unwrap();
-    let h = message.header();
-    let new = NewMessage {
-        sending_application: h.sending_application.clone(),
-        sending_facility: h.sending_facility.clone(),
-        receiving_application: h.receiving_application.clone(),
-        receiving_facility: h.receiving_facility.clone(),
-        message_type: format!("{}^{}", h.message_type, h.trigger_event),
-        control_id: h.control_id.clone(),
-        version: h.version.clone(),
-        raw: raw.clone().into_bytes(),
-    };
-    match store.journal_messages(&[new], CONVERT, 10).await.unwrap()[0] {
-        store::JournalOutcome::Stored { id } => id,
-        store::JournalOutcome::Duplicate => panic!("duplicate"),
+    journal_batch(store, &[raw]).await[0]
+}
+
+/// Writes a new version of a Task per status, as a CBO moving the referral along would.
+async fn move_task(store: &Store, task_id: &str, statuses: &[&str]) {
+    for status in statuses {
+        let mut tx = store.begin().await.unwrap();
+        let current = tx.read("Task", task_id).await.unwrap().unwrap();
+        let mut task: Value = serde_json::from_str(current.content.as_deref().unwrap()).unwrap();
+        task["status"] = Value::String((*status).into());
+        fhir_server::rest::write::put(&mut tx, task, Precondition::None).await.unwrap();
+        tx.commit().await.unwrap();
     }
 }
 
@@ -171,14 +168,7 @@ async fn referral_status_updates_are_queued_in_order_even_when_an_earlier_one_is
     let id = journal(&store, "ref_i12.hl7").await;
     convert_entry(&store, id, None, None).await.unwrap();
     let task_id = versions(&store).await.into_iter().find(|(t, _, _)| t == "Task").unwrap().1;
-    for status in ["accepted", "in-progress"] {
-        let mut tx = store.begin().await.unwrap();
-        let current = tx.read("Task", &task_id).await.unwrap().unwrap();
-        let mut task: Value = serde_json::from_str(current.content.as_deref().unwrap()).unwrap();
-        task["status"] = Value::String(status.into());
-        fhir_server::rest::write::put(&mut tx, task, Precondition::None).await.unwrap();
-        tx.commit().await.unwrap();
-    }
+    move_task(&store, &task_id, &["accepted", "in-progress"]).await;
     let destination = crate::config::OutboundDestination {
         name: "clinic".into(),
         address: "127.0.0.1:9".into(),
@@ -280,14 +270,7 @@ async fn entries_converted_together_fail_alone() {
     let referral = journal(&store, "ref_i12.hl7").await;
     convert_entry(&store, referral, None, None).await.unwrap();
     let task_id = versions(&store).await.into_iter().find(|(t, _, _)| t == "Task").unwrap().1;
-    for status in ["accepted", "in-progress", "completed"] {
-        let mut tx = store.begin().await.unwrap();
-        let current = tx.read("Task", &task_id).await.unwrap().unwrap();
-        let mut task: Value = serde_json::from_str(current.content.as_deref().unwrap()).unwrap();
-        task["status"] = Value::String(status.into());
-        fhir_server::rest::write::put(&mut tx, task, Precondition::None).await.unwrap();
-        tx.commit().await.unwrap();
-    }
+    move_task(&store, &task_id, &["accepted", "in-progress", "completed"]).await;
     while let Some(job) = store.claim(CONVERT, 10, Duration::from_secs(60)).await.unwrap().pop() {
         store.complete(&job).await.unwrap();
     }
