@@ -274,11 +274,13 @@ impl Store {
     /// analyzes too, but only after a threshold of changed rows and on its own schedule, so a bulk load searched at
     /// once would be planned with the empty tables' statistics; `ANALYZE` samples and does not block writers.
     /// SQLite keeps the fixed statistics installed by [`Store::migrate`] (see `install_sqlite_statistics`).
+    /// `measure_facts` is among them: planned as a near-empty table, each page of a measure's read sorted a whole
+    /// resource type instead of walking its key (16.5-18.8 s instead of ~1 s for a quarter at 100,000 patients).
     pub async fn refresh_statistics(&self) -> Result<()> {
         if let Pools::Postgres(pool) = &self.inner.pools {
             sqlx::raw_sql(
                 "ANALYZE resources, search_token, search_string, search_reference, search_date, search_number, \
-                 search_quantity, search_uri",
+                 search_quantity, search_uri, measure_facts",
             )
             .execute(pool)
             .await?;

@@ -474,6 +474,8 @@ pub async fn backfill(store: &Store) -> Result<u64, StoreError> {
     }
     tx.finish_fact_backfill().await?;
     tx.commit().await?;
+    // PostgreSQL would otherwise plan the first measures as if the table were still empty.
+    store.refresh_statistics().await?;
     Ok(written)
 }
 
