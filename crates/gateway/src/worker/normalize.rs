@@ -6,6 +6,7 @@
 //! live version is normalized with that status, which retracts everything it derived. Retractions apply only to
 //! resources that exist, and nothing is written where the stored content already says the same.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -60,17 +61,33 @@ pub(super) async fn run_job(store: &Store, job: Job) {
         dead_letter(store, &job, "payload does not name a QuestionnaireResponse id").await;
         return;
     };
-    match normalize(store, &payload.id, &job).await {
-        Ok(outcome) => report(&payload.id, &outcome, started.elapsed()),
-        Err(Failure::Input(e)) => {
-            metrics::counter!("normalization_total", "outcome" => "failed").increment(1);
-            // The error names element paths and LOINC codes only, never answers.
-            dead_letter(store, &job, &format!("{QR}/{}: {e}", payload.id)).await;
+    let named = [(job, payload.id)];
+    match normalize_many(store, &named).await {
+        Ok(outcomes) => settle(store, &named, outcomes, started).await,
+        Err(StoreError::LeaseLost { .. }) => {
+            tracing::warn!(job_id = named[0].0.id, "normalization job lease lost; its work was rolled back")
         }
-        Err(Failure::Store(StoreError::LeaseLost { .. })) => {
-            tracing::warn!(job_id = job.id, "normalization job lease lost; its work was rolled back")
+        Err(e) => retry_later(store, &named[0].0, &e).await,
+    }
+}
+
+/// Reports each job's outcome, and dead-letters the jobs whose QR could not be normalized (the error names
+/// element paths and LOINC codes only, never answers).
+async fn settle(
+    store: &Store,
+    named: &[(Job, String)],
+    outcomes: Vec<Result<NormalizeOutcome, sdoh::NormalizeError>>,
+    started: Instant,
+) {
+    let elapsed = started.elapsed().div_f64(named.len().max(1) as f64);
+    for ((job, id), outcome) in named.iter().zip(outcomes) {
+        match outcome {
+            Ok(outcome) => report(id, &outcome, elapsed),
+            Err(e) => {
+                metrics::counter!("normalization_total", "outcome" => "failed").increment(1);
+                dead_letter(store, job, &format!("{QR}/{id}: {e}")).await;
+            }
         }
-        Err(Failure::Store(e)) => retry_later(store, &job, &e).await,
     }
 }
 
@@ -100,34 +117,6 @@ fn report(id: &str, outcome: &NormalizeOutcome, elapsed: std::time::Duration) {
             "questionnaire response of no supported screening instrument; stored, not normalized"
         ),
     }
-}
-
-enum Failure {
-    Input(sdoh::NormalizeError),
-    Store(StoreError),
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        Failure::Store(e)
-    }
-}
-
-/// Normalizes the current version of `QuestionnaireResponse/<id>` and completes `job` in the same transaction.
-async fn normalize(store: &Store, id: &str, job: &Job) -> Result<NormalizeOutcome, Failure> {
-    let mut tx = store.begin().await?;
-    // Two jobs for one QR (two quick updates) must not interleave their reads and writes.
-    tx.serialize_on(&format!("normalize:{QR}/{id}")).await?;
-    let current = tx.read(QR, id).await?;
-    let recorded = store::format_instant(Timestamp::now());
-    let outcome = match prepare(store, id, current, &recorded).await? {
-        Prepared::Done(outcome) => outcome,
-        Prepared::Invalid(e) => return Err(Failure::Input(e)),
-        Prepared::Derive(derivation) => write_derived(&mut tx, vec![derivation]).await?.remove(0),
-    };
-    tx.complete_job(job).await?;
-    tx.commit().await?;
-    Ok(outcome)
 }
 
 /// What a QuestionnaireResponse's current version asks for.
@@ -252,18 +241,7 @@ pub(super) async fn run_jobs(store: &Store, jobs: Vec<Job>) {
         }
     }
     match normalize_many(store, &named).await {
-        Ok(outcomes) => {
-            let elapsed = started.elapsed().div_f64(named.len().max(1) as f64);
-            for ((job, id), outcome) in named.iter().zip(outcomes) {
-                match outcome {
-                    Ok(outcome) => report(id, &outcome, elapsed),
-                    Err(e) => {
-                        metrics::counter!("normalization_total", "outcome" => "failed").increment(1);
-                        dead_letter(store, job, &format!("{QR}/{id}: {e}")).await;
-                    }
-                }
-            }
-        }
+        Ok(outcomes) => settle(store, &named, outcomes, started).await,
         Err(e) => {
             tracing::warn!(jobs = named.len(), error = %e, "normalizing jobs together failed; running them one by one");
             for (job, _) in named {
@@ -273,8 +251,10 @@ pub(super) async fn run_jobs(store: &Store, jobs: Vec<Job>) {
     }
 }
 
-/// The outcome for each `(job, QR id)`: normalized (or skipped), or why its QR could not be normalized (that job
-/// is not completed here).
+/// Normalizes the current version of each QR the `(job, QR id)` pairs name, in one transaction that completes
+/// the jobs, and returns each job's outcome: normalized (or skipped), or why its QR could not be normalized (that
+/// job is not completed here). Each QR is normalized once however many jobs name it: its current version is what
+/// every one of them asks for.
 async fn normalize_many(
     store: &Store,
     named: &[(Job, String)],
@@ -283,56 +263,35 @@ async fn normalize_many(
     let mut ids: Vec<&str> = named.iter().map(|(_, id)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    // In one order for every worker, so two batches naming the same QRs cannot deadlock.
+    // Two jobs for one QR (two quick updates) must not interleave their reads and writes; taken in one order by
+    // every worker, so two batches naming the same QRs cannot deadlock.
     for id in &ids {
         tx.serialize_on(&format!("normalize:{QR}/{id}")).await?;
     }
     let keys: Vec<(&str, &str)> = ids.iter().map(|id| (QR, *id)).collect();
     let mut current = tx.read_many(&keys).await?;
     let recorded = store::format_instant(Timestamp::now());
-    // Each QR once, however many jobs name it: its current version is what every one of them asks for.
-    let mut first_job_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(named.len());
-    for (n, (_, id)) in named.iter().enumerate() {
-        if first_job_of.contains_key(id.as_str()) {
-            prepared.push(None);
-            continue;
-        }
-        first_job_of.insert(id, n);
-        let stored = current.remove(&(QR.to_owned(), id.clone()));
-        prepared.push(Some(prepare(store, id, stored, &recorded).await?));
-    }
-    let derivations: Vec<Derivation> = prepared
-        .iter_mut()
-        .filter_map(|p| match p.take_if(|p| matches!(p, Prepared::Derive(_))) {
-            Some(Prepared::Derive(d)) => Some(d),
-            _ => None,
-        })
-        .collect();
-    let mut written = write_derived(&mut tx, derivations).await?.into_iter();
-    let mut outcomes: Vec<Option<Result<NormalizeOutcome, sdoh::NormalizeError>>> = prepared
-        .into_iter()
-        .map(|p| match p {
-            // Taken above for writing: its outcome comes from the writes, in the same order.
-            None => None,
-            Some(Prepared::Done(outcome)) => Some(Ok(outcome)),
-            Some(Prepared::Invalid(e)) => Some(Err(e)),
-            Some(Prepared::Derive(_)) => unreachable!("derivations were taken"),
-        })
-        .collect();
-    for (n, (_, id)) in named.iter().enumerate() {
-        if outcomes[n].is_none() && first_job_of[id.as_str()] == n {
-            outcomes[n] = written.next().map(Ok);
+    let mut by_id: HashMap<&str, Result<NormalizeOutcome, sdoh::NormalizeError>> = HashMap::new();
+    let (mut deriving, mut derivations) = (Vec::new(), Vec::new());
+    for id in ids {
+        let stored = current.remove(&(QR.to_owned(), id.to_owned()));
+        match prepare(store, id, stored, &recorded).await? {
+            Prepared::Done(outcome) => {
+                by_id.insert(id, Ok(outcome));
+            }
+            Prepared::Invalid(e) => {
+                by_id.insert(id, Err(e));
+            }
+            Prepared::Derive(derivation) => {
+                deriving.push(id);
+                derivations.push(derivation);
+            }
         }
     }
-    // Later jobs for the same QR share the first one's outcome.
-    for (n, (_, id)) in named.iter().enumerate() {
-        if outcomes[n].is_none() {
-            outcomes[n] = outcomes[first_job_of[id.as_str()]].clone();
-        }
+    for (id, outcome) in deriving.into_iter().zip(write_derived(&mut tx, derivations).await?) {
+        by_id.insert(id, Ok(outcome));
     }
-    let outcomes: Vec<Result<NormalizeOutcome, sdoh::NormalizeError>> =
-        outcomes.into_iter().map(|o| o.unwrap_or(Ok(NormalizeOutcome::Skipped))).collect();
+    let outcomes: Vec<_> = named.iter().map(|(_, id)| by_id[id.as_str()].clone()).collect();
     let completed: Vec<Job> =
         named.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|((job, _), _)| job.clone()).collect();
     tx.complete_jobs(&completed).await?;
