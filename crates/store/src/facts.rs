@@ -41,28 +41,18 @@ fn check_payload(payload: &str) -> Result<()> {
 /// Rows per multi-row INSERT (3 binds each, well under both backends' bind limits).
 const ROWS_PER_INSERT: usize = 300;
 
-const UPSERT_SQL: &str = "INSERT INTO measure_facts (resource_type, id, payload) VALUES ($1, $2, $3) \
-                          ON CONFLICT (resource_type, id) DO UPDATE SET payload = excluded.payload";
-
 impl StoreTx {
     /// Makes `resource_type/id`'s fact row say `payload`, or removes it when the version contributes nothing.
     pub async fn set_fact(&mut self, resource_type: &str, id: &str, payload: Option<&str>) -> Result<()> {
         if let Some(payload) = payload {
-            check_payload(payload)?;
+            return self.put_facts(&[(resource_type, id, payload)]).await;
         }
         with_tx_conn!(self, conn => {
-            match payload {
-                Some(payload) => {
-                    sqlx::query(UPSERT_SQL).bind(resource_type).bind(id).bind(payload).execute(&mut *conn).await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM measure_facts WHERE resource_type = $1 AND id = $2")
-                        .bind(resource_type)
-                        .bind(id)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-            }
+            sqlx::query("DELETE FROM measure_facts WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
         });
         Ok(())
     }
