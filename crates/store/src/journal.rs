@@ -204,6 +204,37 @@ impl StoreTx {
         if updated == 1 { Ok(()) } else { Err(StoreError::Invalid(format!("no journal entry {id}"))) }
     }
 
+    /// Sets many entries to `status` without detail, with one statement per chunk (a batch of messages converted
+    /// without warnings).
+    pub async fn set_journal_statuses(&mut self, ids: &[i64], status: JournalStatus) -> Result<()> {
+        const IDS_PER_UPDATE: usize = 200;
+        let now = Timestamp::now().micros();
+        for chunk in ids.chunks(IDS_PER_UPDATE) {
+            let marks: Vec<String> = (3..chunk.len() + 3).map(|n| crate::tx::placeholder(self, n)).collect();
+            let sql = format!(
+                "UPDATE message_journal SET status = {}, status_detail = NULL, updated_us = {} WHERE id IN ({})",
+                crate::tx::placeholder(self, 1),
+                crate::tx::placeholder(self, 2),
+                marks.join(", ")
+            );
+            let updated = with_tx_conn!(self, conn => {
+                let mut query = sqlx::query(&sql).bind(status.as_str()).bind(now);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *conn).await?.rows_affected()
+            });
+            if updated != chunk.len() as u64 {
+                return Err(StoreError::Invalid(format!(
+                    "{} of {} journal entries to update do not exist",
+                    chunk.len() as u64 - updated,
+                    chunk.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The raw bytes of many journal entries with one statement per chunk, for a worker converting them together;
     /// entries that no longer exist are absent from the map.
     pub async fn journal_raw_many(&mut self, ids: &[i64]) -> Result<std::collections::HashMap<i64, Vec<u8>>> {

@@ -234,6 +234,7 @@ impl Store {
             },
             other => StoreError::Migration(other.to_string()),
         })?;
+        search::convert_legacy_index(self).await?;
         if let Pools::Sqlite { write, .. } = &self.inner.pools {
             install_sqlite_statistics(write).await?;
         }
@@ -336,34 +337,32 @@ impl Store {
 
 /// Planner statistics for the search tables, in `sqlite_stat1` form ("rows, then rows per distinct prefix"),
 /// describing a large database: about ten resource types, fifty parameters each, and an owner prefix
-/// (`resource_type, id, param`) that names a handful of rows while a value prefix (`resource_type, param, code`) can
-/// name thousands. Without statistics SQLite probes a search's `EXISTS` conditions through the value index and a
+/// (`rid, param`) that names a handful of rows while a value prefix (`param, code`) can name thousands. Without statistics SQLite probes a search's `EXISTS` conditions through the value index and a
 /// search costs O(stored resources); with them it uses the owner index (a search over 1,000,000 Observations:
 /// ~1 ms). They are fixed rather than measured because `ANALYZE` counts every row while holding the one writer
 /// connection (4.2 s at 411,000 stored versions, stalling every write), and the plans only need the proportions,
 /// which do not change as the data grows.
 const SQLITE_STATISTICS: &[(&str, &str, &str)] = &[
-    ("resources", "sqlite_autoindex_resources_1", "1000000 100000 1"),
-    ("resources", "sqlite_autoindex_resources_rowid_1", "1000000 100000 1"),
+    ("resources", "resources_key", "1000000 100000 1"),
     ("resources", "resources_type_updated", "1000000 100000 1"),
     ("resource_history", "sqlite_autoindex_resource_history_1", "1000000 100000 1 1"),
     ("resource_history", "resource_history_type_time", "1000000 100000 1"),
     ("resource_history", "resource_history_time", "1000000 1"),
-    ("search_token", "search_token_owner", "5000000 100000 8 2"),
-    ("search_token", "search_token_value", "5000000 100000 20000 1000 1000 1"),
-    ("search_string", "search_string_owner", "1000000 100000 15 2"),
-    ("search_string", "search_string_value", "1000000 100000 20000 5 1"),
-    ("search_reference", "search_reference_owner", "1000000 100000 2 1 1 1"),
-    ("search_reference", "search_reference_target", "1000000 100000 20000 10 10 1"),
-    ("search_reference", "search_reference_url", "1000000 100000 20000 1000"),
-    ("search_date", "search_date_owner", "500000 100000 1 1"),
-    ("search_date", "search_date_value", "500000 100000 20000 2 2 1"),
-    ("search_number", "search_number_owner", "100000 10000 1 1"),
-    ("search_number", "search_number_value", "100000 10000 2000 2 1"),
-    ("search_quantity", "search_quantity_owner", "100000 10000 1 1"),
-    ("search_quantity", "search_quantity_value", "100000 10000 2000 200 2 1"),
-    ("search_uri", "search_uri_owner", "500000 100000 1 1"),
-    ("search_uri", "search_uri_value", "500000 100000 20000 1000 1"),
+    ("search_token", "search_token_owner", "5000000 8 2"),
+    ("search_token", "search_token_value", "5000000 20000 1000 1000 1"),
+    ("search_string", "search_string_owner", "1000000 15 2"),
+    ("search_string", "search_string_value", "1000000 20000 5 1"),
+    ("search_reference", "search_reference_owner", "1000000 2 1 1 1"),
+    ("search_reference", "search_reference_target", "1000000 20000 10 10 1"),
+    ("search_reference", "search_reference_url", "1000000 20000 1000"),
+    ("search_date", "search_date_owner", "500000 1 1"),
+    ("search_date", "search_date_value", "500000 20000 2 2 1"),
+    ("search_number", "search_number_owner", "100000 1 1"),
+    ("search_number", "search_number_value", "100000 2000 2 1"),
+    ("search_quantity", "search_quantity_owner", "100000 1 1"),
+    ("search_quantity", "search_quantity_value", "100000 2000 200 2 1"),
+    ("search_uri", "search_uri_owner", "500000 1 1"),
+    ("search_uri", "search_uri_value", "500000 20000 1000 1"),
 ];
 
 /// Installs [`SQLITE_STATISTICS`] for the indexes that exist, replacing any measured ones, and makes every
@@ -518,5 +517,19 @@ pub mod testing {
 
     pub async fn execute(store: &Store, sql: &str) -> Result<u64> {
         with_write_pool!(store, pool => Ok(sqlx::raw_sql(sql).execute(pool).await?.rows_affected()))
+    }
+
+    /// Brings a new database only up to schema `version`, as an older release left it, so a test can write data
+    /// in that shape and check what [`Store::migrate`] makes of it.
+    pub async fn migrate_to(store: &Store, version: i64) -> Result<()> {
+        let older = |mut migrator: sqlx::migrate::Migrator| {
+            migrator.migrations = migrator.migrations.iter().filter(|m| m.version <= version).cloned().collect();
+            migrator
+        };
+        let outcome = match store.pools() {
+            crate::Pools::Sqlite { write, .. } => older(sqlx::migrate!("./migrations/sqlite")).run(write).await,
+            crate::Pools::Postgres(pool) => older(sqlx::migrate!("./migrations/postgres")).run(pool).await,
+        };
+        outcome.map_err(|e| crate::StoreError::Migration(e.to_string()))
     }
 }

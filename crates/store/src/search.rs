@@ -2,8 +2,14 @@
 //!
 //! The store knows nothing of FHIR search semantics beyond what the rows and conditions say: the FHIR layer turns
 //! resources into [`IndexRow`]s and queries into a [`SearchQuery`]. Every condition becomes an
-//! `EXISTS (SELECT 1 FROM search_x ...)` probe on an index led by `(resource_type, param, value)`, with bound
-//! parameters only; the SQL text is the same on SQLite and PostgreSQL.
+//! `EXISTS (SELECT 1 FROM search_x ...)` probe on an index led by `(param, value)`, with bound parameters only; the
+//! SQL text is the same on SQLite and PostgreSQL.
+//!
+//! Index rows are keyed by numbers: the resource by `resources.rid`, the parameter by [`param_key`], which names
+//! the resource type too. Text keys repeated in every row and its two indexes made the index most of what a write
+//! stored, and hash-derived resource ids scattered each write's owner-index entries over the whole index.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::Row;
 
@@ -14,6 +20,18 @@ use crate::{Result, Store, StoreError, StoredResource, with_read_pool};
 
 /// Rows per multi-row INSERT: well below both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 200;
+
+/// The number that names `resource_type`'s search parameter `param` in the index tables: the top 48 bits of the
+/// 64-bit FNV-1a hash of `"ResourceType.code"` (48 bits fit SQLite's 6-byte integer encoding; a test checks that the
+/// official parameters do not collide). It is stored in every index row: changing it is a migration.
+pub fn param_key(resource_type: &str, param: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in resource_type.bytes().chain(std::iter::once(b'.')).chain(param.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash >> 16) as i64
+}
 
 /// One index value of one parameter of one resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,26 +233,28 @@ impl StoreTx {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending_index);
+        let rids = self.resource_rids(pending.iter().map(|(t, id, _)| (t.as_str(), id.as_str()))).await?;
         for table in IndexTable::ALL {
             let of_table: Vec<&(String, String, IndexRow)> =
                 pending.iter().filter(|(_, _, r)| r.value.table() == table).collect();
             for chunk in of_table.chunks(INSERT_CHUNK) {
                 let columns = table.value_columns();
-                let width = 5 + columns.len();
-                let mut sql = format!(
-                    "INSERT INTO {} (resource_type, id, param, grp, comp, {}) VALUES ",
-                    table.name(),
-                    columns.join(", ")
-                );
+                let width = 4 + columns.len();
+                let mut sql =
+                    format!("INSERT INTO {} (rid, param, grp, comp, {}) VALUES ", table.name(), columns.join(", "));
                 let mut binds = Vec::with_capacity(chunk.len() * width);
                 for (i, (resource_type, id, row)) in chunk.iter().enumerate() {
+                    let Some(rid) = rids.get(&(resource_type.as_str(), id.as_str())) else {
+                        return Err(StoreError::Invalid(format!(
+                            "index rows for {resource_type}/{id}, which is not stored"
+                        )));
+                    };
                     if i > 0 {
                         sql.push_str(", ");
                     }
                     sql.push_str(&crate::tx::placeholders(self, i * width + 1, width));
-                    binds.push(Bind::Text(resource_type.clone()));
-                    binds.push(Bind::Text(id.clone()));
-                    binds.push(Bind::Text(row.param.clone()));
+                    binds.push(Bind::Int(*rid));
+                    binds.push(Bind::Int(param_key(resource_type, &row.param)));
                     binds.push(Bind::Small(row.group));
                     binds.push(Bind::Small(row.component));
                     row.value.binds(&mut binds);
@@ -250,14 +270,128 @@ impl StoreTx {
     /// Removes every index row of `resource_type/id` (on delete).
     pub async fn clear_index(&mut self, resource_type: &str, id: &str) -> Result<()> {
         self.pending_index.retain(|(t, i, _)| !(t == resource_type && i == id));
+        let rid = with_tx_conn!(self, conn => {
+            sqlx::query_scalar::<_, i64>("SELECT rid FROM resources WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        let Some(rid) = rid else { return Ok(()) };
         for table in IndexTable::ALL {
-            let sql = format!("DELETE FROM {} WHERE resource_type = $1 AND id = $2", table.name());
+            let sql = format!("DELETE FROM {} WHERE rid = $1", table.name());
             with_tx_conn!(self, conn => {
-                sqlx::query(&sql).bind(resource_type).bind(id).execute(&mut *conn).await?;
+                sqlx::query(&sql).bind(rid).execute(&mut *conn).await?;
             });
         }
         Ok(())
     }
+
+    /// The `rid` of each stored resource named, read with one statement per type and few hundred ids.
+    async fn resource_rids<'a>(
+        &mut self,
+        keys: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<HashMap<(&'a str, &'a str), i64>> {
+        let mut by_type: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (resource_type, id) in keys {
+            by_type.entry(resource_type).or_default().insert(id);
+        }
+        let mut rids = HashMap::new();
+        for (resource_type, ids) in by_type {
+            let ids: Vec<&str> = ids.into_iter().collect();
+            for chunk in ids.chunks(INSERT_CHUNK) {
+                let marks: Vec<String> = (0..chunk.len()).map(|i| crate::tx::placeholder(self, i + 2)).collect();
+                let sql = format!(
+                    "SELECT id, rid FROM resources WHERE resource_type = {} AND id IN ({})",
+                    crate::tx::placeholder(self, 1),
+                    marks.join(", ")
+                );
+                let found: Vec<(String, i64)> = with_tx_conn!(self, conn => {
+                    let mut query = sqlx::query_as(&sql).bind(resource_type);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.fetch_all(&mut *conn).await?
+                });
+                for (id, rid) in found {
+                    // The chunk is sorted (it comes from a set), and the key borrows from it rather than the row.
+                    if let Ok(at) = chunk.binary_search(&id.as_str()) {
+                        rids.insert((resource_type, chunk[at]), rid);
+                    }
+                }
+            }
+        }
+        Ok(rids)
+    }
+}
+
+/// Converts the index rows of a database written before index rows had numeric keys (migration 0011 renamed its
+/// tables `legacy_search_*`): each table's rows are copied with their resource's `rid` and their parameter's
+/// [`param_key`], and the legacy table is dropped, in one transaction per table. An interrupted conversion resumes
+/// with the tables still there; replicas starting together on PostgreSQL take turns (an advisory lock).
+pub(crate) async fn convert_legacy_index(store: &Store) -> Result<()> {
+    /// Any constant shared by every replica; it names this conversion's lock.
+    const CONVERSION_LOCK: i64 = 0x5d0_0011;
+    for table in IndexTable::ALL {
+        let legacy = format!("legacy_{}", table.name());
+        let mut tx = store.begin().await?;
+        let exists: i64 = match &mut tx.inner {
+            crate::tx::TxInner::Sqlite(conn) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = $1")
+                    .bind(&legacy)
+                    .fetch_one(&mut **conn)
+                    .await?
+            }
+            crate::tx::TxInner::Postgres(conn) => {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CONVERSION_LOCK).execute(&mut **conn).await?;
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() \
+                     AND table_name = $1",
+                )
+                .bind(&legacy)
+                .fetch_one(&mut **conn)
+                .await?
+            }
+        };
+        if exists == 0 {
+            tx.rollback().await?;
+            continue;
+        }
+        let params: Vec<(String, String)> = with_tx_conn!(tx, conn => {
+            sqlx::query_as(&format!("SELECT DISTINCT resource_type, param FROM {legacy}")).fetch_all(&mut *conn).await?
+        });
+        let columns = table.value_columns().iter().map(|c| format!("x.{c}")).collect::<Vec<_>>().join(", ");
+        let insert = format!(
+            "INSERT INTO {} (rid, param, grp, comp, {}) SELECT r.rid, $1, x.grp, x.comp, {columns} FROM {legacy} x \
+             JOIN resources r ON r.resource_type = x.resource_type AND r.id = x.id \
+             WHERE x.resource_type = $2 AND x.param = $3",
+            table.name(),
+            table.value_columns().join(", ")
+        );
+        let mut converted = 0;
+        for (resource_type, param) in &params {
+            converted += with_tx_conn!(tx, conn => {
+                sqlx::query(&insert)
+                    .bind(param_key(resource_type, param))
+                    .bind(resource_type)
+                    .bind(param)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+            });
+        }
+        with_tx_conn!(tx, conn => {
+            sqlx::query(&format!("DROP TABLE {legacy}")).execute(&mut *conn).await?;
+        });
+        tx.commit().await?;
+        tracing::info!(
+            table = table.name(),
+            rows = converted,
+            parameters = params.len(),
+            "converted legacy index rows"
+        );
+    }
+    Ok(())
 }
 
 /// Which systems a token condition accepts.
@@ -475,31 +609,36 @@ impl Compiler {
         format!("{stem}{}", self.aliases)
     }
 
-    /// `( a OR b ) AND ( c )` over the resource aliased `r`; an empty list is true.
-    fn clauses(&mut self, clauses: &[Vec<Cond>], r: &str) -> Result<String> {
+    /// The placeholder of `resource_type`'s parameter `param` (see [`param_key`]).
+    fn param(&mut self, resource_type: &str, param: &str) -> String {
+        self.bind(Bind::Int(param_key(resource_type, param)))
+    }
+
+    /// `( a OR b ) AND ( c )` over the `resource_type` resource aliased `r`; an empty list is true.
+    fn clauses(&mut self, clauses: &[Vec<Cond>], r: &str, resource_type: &str) -> Result<String> {
         let mut parts = Vec::new();
         for clause in clauses {
             if clause.is_empty() {
                 continue;
             }
-            let ors = clause.iter().map(|c| self.cond(c, r)).collect::<Result<Vec<_>>>()?;
+            let ors = clause.iter().map(|c| self.cond(c, r, resource_type)).collect::<Result<Vec<_>>>()?;
             parts.push(format!("({})", ors.join(" OR ")));
         }
         Ok(if parts.is_empty() { "1 = 1".to_owned() } else { parts.join(" AND ") })
     }
 
     fn owner(&self, x: &str, r: &str) -> String {
-        format!("{x}.resource_type = {r}.resource_type AND {x}.id = {r}.id")
+        format!("{x}.rid = {r}.rid")
     }
 
-    fn cond(&mut self, cond: &Cond, r: &str) -> Result<String> {
+    fn cond(&mut self, cond: &Cond, r: &str, resource_type: &str) -> Result<String> {
         Ok(match cond {
             Cond::Id(id) => format!("{r}.id = {}", self.text(id)),
             Cond::LastUpdated(d) => self.date(d, &format!("{r}.last_updated_us"), &format!("{r}.last_updated_us")),
             Cond::Match { param, test } | Cond::NotMatch { param, test } => {
                 let x = self.alias("x");
                 let owner = self.owner(&x, r);
-                let p = self.text(param);
+                let p = self.param(resource_type, param);
                 let t = self.test(test, &x);
                 let exists = format!(
                     "EXISTS (SELECT 1 FROM {} {x} WHERE {owner} AND {x}.param = {p} AND {t})",
@@ -510,7 +649,7 @@ impl Compiler {
             Cond::Missing { param, table, missing } => {
                 let x = self.alias("x");
                 let owner = self.owner(&x, r);
-                let p = self.text(param);
+                let p = self.param(resource_type, param);
                 let exists = format!("EXISTS (SELECT 1 FROM {} {x} WHERE {owner} AND {x}.param = {p})", table.name());
                 if *missing { format!("NOT {exists}") } else { exists }
             }
@@ -518,7 +657,7 @@ impl Compiler {
                 if components.is_empty() {
                     return Err(StoreError::Invalid("a composite condition needs components".into()));
                 }
-                let p = self.text(param);
+                let p = self.param(resource_type, param);
                 let aliases: Vec<String> = components.iter().map(|_| self.alias("c")).collect();
                 let first = &aliases[0];
                 let mut from = format!("{} {first}", components[0].table().name());
@@ -527,8 +666,7 @@ impl Compiler {
                 for (i, (test, a)) in components.iter().zip(&aliases).enumerate() {
                     if i > 0 {
                         from += &format!(
-                            " JOIN {} {a} ON {a}.resource_type = {first}.resource_type AND {a}.id = {first}.id \
-                             AND {a}.param = {first}.param AND {a}.grp = {first}.grp AND {a}.comp = {i}",
+                            " JOIN {} {a} ON {a}.rid = {first}.rid AND {a}.param = {first}.param AND {a}.grp = {first}.grp AND {a}.comp = {i}",
                             test.table().name()
                         );
                     }
@@ -540,9 +678,9 @@ impl Compiler {
                 let x = self.alias("x");
                 let t = self.alias("t");
                 let owner = self.owner(&x, r);
-                let p = self.text(param);
+                let p = self.param(resource_type, param);
                 let ty = self.text(target_type);
-                let inner = self.clauses(conds, &t)?;
+                let inner = self.clauses(conds, &t, target_type)?;
                 let scoped = self.scoped(&t);
                 format!(
                     "EXISTS (SELECT 1 FROM search_reference {x} JOIN resources {t} ON {t}.resource_type = {x}.target_type \
@@ -553,14 +691,13 @@ impl Compiler {
             Cond::Has { source_type, param, conds } => {
                 let x = self.alias("x");
                 let s = self.alias("s");
-                let st = self.text(source_type);
-                let p = self.text(param);
-                let inner = self.clauses(conds, &s)?;
+                let p = self.param(source_type, param);
+                let inner = self.clauses(conds, &s, source_type)?;
                 let scoped = self.scoped(&s);
+                // The parameter key names the source type: rows of `p` belong to `source_type` resources only.
                 format!(
-                    "EXISTS (SELECT 1 FROM search_reference {x} JOIN resources {s} ON {s}.resource_type = {x}.resource_type \
-                     AND {s}.id = {x}.id WHERE {x}.resource_type = {st} AND {x}.param = {p} \
-                     AND {x}.target_id = {r}.id AND {x}.target_type = {r}.resource_type AND NOT {s}.deleted AND {inner}{scoped})"
+                    "EXISTS (SELECT 1 FROM search_reference {x} JOIN resources {s} ON {s}.rid = {x}.rid \
+                     WHERE {x}.param = {p} AND {x}.target_id = {r}.id AND {x}.target_type = {r}.resource_type AND NOT {s}.deleted AND {inner}{scoped})"
                 )
             }
         })
@@ -577,8 +714,8 @@ impl Compiler {
         }
     }
 
-    /// A clause of same-parameter matches as an uncorrelated `r.id IN (...)`: the database reads the matching ids
-    /// from the value index and probes the resources by primary key, instead of probing the index per resource.
+    /// A clause of same-parameter matches as an uncorrelated `r.rid IN (...)`: the database reads the matching rows
+    /// from the value index and probes the resources by `rid`, instead of probing the index per resource.
     fn driver(&mut self, clause: &[Cond], resource_type: &str) -> Result<String> {
         let mut table = None;
         let mut param = None;
@@ -595,11 +732,10 @@ impl Compiler {
             return Err(StoreError::Invalid("an empty clause cannot drive a search".into()));
         };
         let x = self.alias("d");
-        let rt = self.text(resource_type);
-        let p = self.text(param);
+        let p = self.param(resource_type, param);
         let ors: Vec<String> = tests.into_iter().map(|t| format!("({})", self.test(t, &x))).collect();
         Ok(format!(
-            "r.id IN (SELECT {x}.id FROM {} {x} WHERE {x}.resource_type = {rt} AND {x}.param = {p} AND ({}))",
+            "r.rid IN (SELECT {x}.rid FROM {} {x} WHERE {x}.param = {p} AND ({}))",
             table.name(),
             ors.join(" OR ")
         ))
@@ -730,7 +866,7 @@ impl Compiler {
         }
     }
 
-    fn order(&mut self, sort: &[SortKey], r: &str) -> String {
+    fn order(&mut self, sort: &[SortKey], r: &str, resource_type: &str) -> String {
         let mut keys = Vec::new();
         for key in sort {
             let dir = if key.descending { "DESC" } else { "ASC" };
@@ -751,7 +887,8 @@ impl Compiler {
                     let agg = if key.descending { "MAX" } else { "MIN" };
                     let x = self.alias("o");
                     let owner = self.owner(&x, r);
-                    let in_params = |c: &mut Self| params.iter().map(|p| c.text(p)).collect::<Vec<_>>().join(", ");
+                    let in_params =
+                        |c: &mut Self| params.iter().map(|p| c.param(resource_type, p)).collect::<Vec<_>>().join(", ");
                     let p = in_params(self);
                     let sub = format!(
                         "(SELECT {agg}({x}.{column}) FROM {} {x} WHERE {owner} AND {x}.param IN ({p}))",
@@ -841,13 +978,13 @@ fn compile_search(query: &SearchQuery) -> Result<CompiledSearch> {
             rest.push(clause.clone());
         }
     }
-    filter += &c.clauses(&rest, "r")?;
+    filter += &c.clauses(&rest, "r", &query.resource_type)?;
     filter += &c.scoped("r");
     let base = format!("FROM resources r WHERE r.resource_type = {rt} AND NOT r.deleted AND {filter}");
     let count_binds = c.binds.clone();
     let count_sql = format!("SELECT COUNT(*) AS n {base}");
     let page_sql = (query.count > 0).then(|| {
-        let order = c.order(&query.sort, "r");
+        let order = c.order(&query.sort, "r", &query.resource_type);
         let limit = c.bind(Bind::Int(i64::from(query.count) + 1));
         let offset = c.bind(Bind::Int(i64::try_from(query.offset).unwrap_or(i64::MAX)));
         format!("SELECT {SELECT_COLUMNS} {base} ORDER BY {order} LIMIT {limit} OFFSET {offset}")
@@ -1002,7 +1139,7 @@ impl Store {
         }
         let mut c = Compiler::new();
         let st = c.text(source_type);
-        let p = c.text(param);
+        let p = c.param(source_type, param);
         let ids: Vec<String> = source_ids.iter().map(|id| c.text(id)).collect();
         let mut target_filter = String::new();
         if let Some(t) = target_type {
@@ -1016,8 +1153,8 @@ impl Store {
         let limit = c.bind(Bind::Int(i64::from(MAX_INCLUDES)));
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM resources r WHERE NOT r.deleted AND (r.resource_type, r.id) IN \
-             (SELECT x.target_type, x.target_id FROM search_reference x WHERE x.resource_type = {st} \
-             AND x.id IN ({}) AND x.param = {p}{target_filter}){filter} ORDER BY r.resource_type, r.id LIMIT {limit}",
+             (SELECT x.target_type, x.target_id FROM search_reference x JOIN resources s ON s.rid = x.rid \
+             WHERE s.resource_type = {st} AND s.id IN ({}) AND x.param = {p}{target_filter}){filter} ORDER BY r.resource_type, r.id LIMIT {limit}",
             ids.join(", ")
         );
         self.fetch_resources(&sql, &c.binds).await
@@ -1037,7 +1174,7 @@ impl Store {
         }
         let mut c = Compiler::new();
         let st = c.text(source_type);
-        let p = c.text(param);
+        let p = c.param(source_type, param);
         // Grouped by type, so each group is one `target_id IN (...)` range on the target index.
         let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
         for (t, id) in targets {
@@ -1058,8 +1195,8 @@ impl Store {
         }
         let limit = c.bind(Bind::Int(i64::from(MAX_INCLUDES)));
         let sql = format!(
-            "SELECT {SELECT_COLUMNS} FROM resources r WHERE r.resource_type = {st} AND NOT r.deleted AND r.id IN \
-             (SELECT x.id FROM search_reference x WHERE x.resource_type = {st} AND x.param = {p} AND ({})){filter} \
+            "SELECT {SELECT_COLUMNS} FROM resources r WHERE r.resource_type = {st} AND NOT r.deleted AND r.rid IN \
+             (SELECT x.rid FROM search_reference x WHERE x.param = {p} AND ({})){filter} \
              ORDER BY r.id LIMIT {limit}",
             pairs.join(" OR ")
         );
@@ -1077,7 +1214,10 @@ impl Store {
     pub async fn index_row_count(&self, resource_type: &str, id: &str) -> Result<i64> {
         let mut total = 0;
         for table in IndexTable::ALL {
-            let sql = format!("SELECT COUNT(*) AS n FROM {} WHERE resource_type = $1 AND id = $2", table.name());
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM {} WHERE rid = (SELECT rid FROM resources WHERE resource_type = $1 AND id = $2)",
+                table.name()
+            );
             let n: i64 = with_read_pool!(self, pool => {
                 sqlx::query(&sql).bind(resource_type).bind(id).fetch_one(pool).await?.try_get("n")?
             });
@@ -1092,6 +1232,14 @@ const SELECT_COLUMNS: &str = "r.resource_type, r.id, r.version_id, r.last_update
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parameter keys are stored in every index row: a change to the function would orphan them all.
+    #[test]
+    fn parameter_keys_are_stable_and_name_the_resource_type() {
+        assert_eq!(param_key("Observation", "code"), 0x338b04e21f01);
+        assert_ne!(param_key("Observation", "code"), param_key("Condition", "code"));
+        assert!(param_key("Patient", "name") >= 0 && param_key("Patient", "name") < 1 << 48);
+    }
 
     #[test]
     fn like_wildcards_are_escaped() {
@@ -1115,6 +1263,7 @@ mod tests {
                     },
                 ]],
                 "r",
+                "Observation",
             )
             .unwrap();
         assert_eq!(c.binds.len(), 5);

@@ -455,6 +455,23 @@ mod tests {
         assert!(reg.get("Observation", "code").unwrap().has_own_rows());
     }
 
+    /// Index rows name their parameter by `store::param_key`; two parameters with one key would share rows.
+    #[test]
+    fn every_official_parameter_has_its_own_index_key() {
+        let registry = r4();
+        let mut seen = std::collections::HashMap::new();
+        for resource_type in registry.resource_types() {
+            for param in registry.params_for(resource_type) {
+                let key = store::param_key(resource_type, param.code());
+                let name = format!("{resource_type}.{}", param.code());
+                if let Some(other) = seen.insert(key, name.clone()) {
+                    panic!("{name} and {other} share the index key {key}");
+                }
+            }
+        }
+        assert!(seen.len() > 500, "only {} parameters checked", seen.len());
+    }
+
     #[test]
     fn composites_resolve_component_types() {
         let reg = r4();

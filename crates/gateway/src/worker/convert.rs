@@ -264,6 +264,8 @@ pub async fn convert_entries(
         Err(e) => return Err(e),
     };
     let mut outcomes = Vec::with_capacity(entries.len());
+    // Entries converted without warnings: their status is set with one statement.
+    let mut converted_plain = Vec::with_capacity(entries.len());
     for ((&id, entry), size) in ids.iter().zip(&entries).zip(sizes) {
         let outcome = match entry {
             Prepared::Missing => EntryOutcome::Missing,
@@ -283,18 +285,20 @@ pub async fn convert_entries(
                         Upsert::Kept => kept += 1,
                     }
                 }
-                let detail = (!warnings.is_empty()).then(|| {
+                if warnings.is_empty() {
+                    converted_plain.push(id);
+                } else {
                     let issues: Vec<_> =
                         warnings.iter().map(|w| ("warning", "informational", w.clone(), None)).collect();
-                    operation_outcome(&issues)
-                });
-                tx.set_journal_status(id, JournalStatus::Converted, detail.as_deref()).await?;
+                    tx.set_journal_status(id, JournalStatus::Converted, Some(&operation_outcome(&issues))).await?;
+                }
                 queue_application_ack(&mut tx, routes, message, AppOutcome::Accepted).await?;
                 EntryOutcome::Converted { written, unchanged, kept, warnings: warnings.len() }
             }
         };
         outcomes.push(outcome);
     }
+    tx.set_journal_statuses(&converted_plain, JournalStatus::Converted).await?;
     tx.complete_jobs(complete).await?;
     tx.commit().await?;
     // Each entry's share of the transaction's time.

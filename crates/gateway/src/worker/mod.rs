@@ -224,23 +224,62 @@ struct Candidate {
     only_if_present: bool,
 }
 
+impl Candidate {
+    fn same_as(&self, other: &Candidate) -> bool {
+        self.only_if_absent == other.only_if_absent
+            && self.only_if_present == other.only_if_present
+            && self.resource == other.resource
+    }
+}
+
 /// Writes each candidate in order unless the stored version already says the same (apart from `meta`): a whole
 /// conversion or normalization costs one read for all of them, and the brand-new ones (ids never stored) are
-/// created with bulk inserts, instead of a read, a read-for-update and two inserts each. A resource repeated in the
+/// created with bulk inserts, instead of a read, a read-for-update and two inserts each. A candidate identical to
+/// one earlier in the list (the sending facility's Organization in every message of a batch) writes nothing more:
+/// its outcome is what the earlier write leaves it (see [`Upsert::of_repeat`]). Any other resource repeated in the
 /// list starts a new run, so it sees the earlier write as one at a time would.
 async fn upsert_all(tx: &mut store::StoreTx, candidates: Vec<Candidate>) -> Result<Vec<Upsert>, StoreError> {
     let mut outcomes = Vec::with_capacity(candidates.len());
     let mut run: Vec<(Candidate, (String, String))> = Vec::new();
+    // Where each candidate's outcome comes from: its place in its run, or the candidate it repeats.
+    let mut sources: Vec<Source> = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         let key = type_and_id(&candidate.resource)
             .ok_or_else(|| StoreError::Invalid("resource without resourceType or id".into()))?;
-        if run.iter().any(|(_, k)| *k == key) {
+        if let Some(first) = run.iter().position(|(_, k)| *k == key) {
+            if run[first].0.same_as(&candidate) {
+                sources.push(Source::Repeat { of: outcomes.len() + first, only_if_absent: candidate.only_if_absent });
+                continue;
+            }
             outcomes.extend(upsert_run(tx, std::mem::take(&mut run)).await?);
         }
+        sources.push(Source::Run(outcomes.len() + run.len()));
         run.push((candidate, key));
     }
     outcomes.extend(upsert_run(tx, run).await?);
-    Ok(outcomes)
+    Ok(sources
+        .into_iter()
+        .map(|source| match source {
+            Source::Run(at) => outcomes[at],
+            Source::Repeat { of, only_if_absent } => Upsert::of_repeat(outcomes[of], only_if_absent),
+        })
+        .collect())
+}
+
+/// Where [`upsert_all`] finds a candidate's outcome: at this index of the written runs' outcomes, or from the
+/// identical candidate at that index.
+enum Source {
+    Run(usize),
+    Repeat { of: usize, only_if_absent: bool },
+}
+
+impl Upsert {
+    /// The outcome of writing a candidate again right after an identical one had `first`: a stand-in finds the
+    /// resource live (kept); a retraction of nothing still finds nothing (kept); anything else finds its own content
+    /// stored (unchanged).
+    fn of_repeat(first: Upsert, only_if_absent: bool) -> Upsert {
+        if only_if_absent || first == Upsert::Kept { Upsert::Kept } else { Upsert::Unchanged }
+    }
 }
 
 /// [`upsert_all`] for candidates with distinct ids.

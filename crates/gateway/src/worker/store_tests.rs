@@ -415,3 +415,52 @@ async fn side_by_side_conversions_creating_the_same_resources_all_complete_at_on
     store.close().await;
     store::testing::execute(&admin, &format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
 }
+
+/// A batch in which the same resource comes back (the sending facility in every message, a derived resource
+/// named twice) writes what writing each candidate in its own call writes, with the same outcomes.
+#[tokio::test]
+async fn repeated_candidates_write_and_report_as_one_at_a_time() {
+    use super::{Candidate, Upsert, upsert_all};
+    let org = serde_json::json!({"resourceType": "Organization", "id": "fac", "name": "Clinic"});
+    let patient = serde_json::json!({"resourceType": "Patient", "id": "p", "gender": "female"});
+    let changed = serde_json::json!({"resourceType": "Patient", "id": "p", "gender": "male"});
+    let retraction = serde_json::json!({"resourceType": "Condition", "id": "c", "verificationStatus": {"text": "x"}});
+    let candidate = |resource: &Value, only_if_absent, only_if_present| Candidate {
+        resource: resource.clone(),
+        only_if_absent,
+        only_if_present,
+    };
+    let batch = || {
+        vec![
+            candidate(&org, true, false),
+            candidate(&patient, false, false),
+            candidate(&org, true, false),
+            candidate(&patient, false, false),
+            candidate(&changed, false, false),
+            candidate(&changed, false, false),
+            candidate(&retraction, false, true),
+            candidate(&retraction, false, true),
+        ]
+    };
+
+    let together_dir = tempfile::tempdir().unwrap();
+    let together = open(&together_dir).await;
+    let mut tx = together.begin().await.unwrap();
+    let outcomes = upsert_all(&mut tx, batch()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let alone_dir = tempfile::tempdir().unwrap();
+    let alone = open(&alone_dir).await;
+    let mut one_at_a_time = Vec::new();
+    for c in batch() {
+        let mut tx = alone.begin().await.unwrap();
+        one_at_a_time.extend(upsert_all(&mut tx, vec![c]).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+
+    use Upsert::{Kept, Unchanged, Written};
+    assert_eq!(one_at_a_time, [Written, Written, Kept, Unchanged, Written, Unchanged, Kept, Kept]);
+    assert_eq!(outcomes, one_at_a_time);
+    assert_eq!(versions(&together).await, versions(&alone).await);
+    assert_eq!(versions(&together).await.len(), 3, "Organization v1, Patient v1 and v2");
+}
