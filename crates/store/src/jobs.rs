@@ -323,6 +323,16 @@ impl Store {
                     WHERE queue = $1 AND state = 'leased' AND lease_until_us < $2 AND attempts >= max_attempts";
         let due =
             "queue = $1 AND ((state = 'ready' AND run_at_us <= $2) OR (state = 'leased' AND lease_until_us < $2))";
+        // Looked for on a reader first: idle workers polling an empty queue then never take the one writer (nor
+        // wait for a commit's sync) from the workers and ingest that have something to write. A job queued after
+        // this look is found at the next notification or poll, as one queued just after a claim would be.
+        let probe = format!("SELECT 1 FROM jobs WHERE {due} LIMIT 1");
+        let any_due = with_read_pool!(self, pool => {
+            sqlx::query(&probe).bind(queue).bind(now.micros()).fetch_optional(pool).await?.is_some()
+        });
+        if !any_due {
+            return Ok(Vec::new());
+        }
         let claim = match self.pools() {
             Pools::Sqlite { .. } => format!(
                 "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_until_us = $3, lease_token = $4 \

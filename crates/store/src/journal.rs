@@ -204,21 +204,27 @@ impl StoreTx {
         if updated == 1 { Ok(()) } else { Err(StoreError::Invalid(format!("no journal entry {id}"))) }
     }
 
-    /// Sets many entries to `status` without detail, with one statement per chunk (a batch of messages converted
-    /// without warnings).
-    pub async fn set_journal_statuses(&mut self, ids: &[i64], status: JournalStatus) -> Result<()> {
+    /// Sets many entries to one `status` and `detail`, with one statement per chunk (a batch of messages
+    /// converted with the same warnings, or none).
+    pub async fn set_journal_statuses(
+        &mut self,
+        ids: &[i64],
+        status: JournalStatus,
+        detail: Option<&str>,
+    ) -> Result<()> {
         const IDS_PER_UPDATE: usize = 200;
         let now = Timestamp::now().micros();
         for chunk in ids.chunks(IDS_PER_UPDATE) {
-            let marks: Vec<String> = (3..chunk.len() + 3).map(|n| crate::tx::placeholder(self, n)).collect();
+            let marks: Vec<String> = (4..chunk.len() + 4).map(|n| crate::tx::placeholder(self, n)).collect();
             let sql = format!(
-                "UPDATE message_journal SET status = {}, status_detail = NULL, updated_us = {} WHERE id IN ({})",
+                "UPDATE message_journal SET status = {}, status_detail = {}, updated_us = {} WHERE id IN ({})",
                 crate::tx::placeholder(self, 1),
                 crate::tx::placeholder(self, 2),
+                crate::tx::placeholder(self, 3),
                 marks.join(", ")
             );
             let updated = with_tx_conn!(self, conn => {
-                let mut query = sqlx::query(&sql).bind(status.as_str()).bind(now);
+                let mut query = sqlx::query(&sql).bind(status.as_str()).bind(detail).bind(now);
                 for id in chunk {
                     query = query.bind(*id);
                 }

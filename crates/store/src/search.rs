@@ -20,6 +20,9 @@ use crate::{Result, Store, StoreError, StoredResource, with_read_pool};
 
 /// Rows per multi-row INSERT: well below both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 200;
+/// Index rows a transaction buffers before writing them: a batch of converted messages or normalized screenings
+/// (a few thousand rows) is written at commit with one lookup of its resources' `rid`s, instead of several times.
+const PENDING_INDEX_ROWS: usize = 5_000;
 
 /// The number that names `resource_type`'s search parameter `param` in the index tables: the top 48 bits of the
 /// 64-bit FNV-1a hash of `"ResourceType.code"` (48 bits fit SQLite's 6-byte integer encoding; a test checks that the
@@ -221,7 +224,7 @@ impl StoreTx {
     /// a 100-entry transaction costs a handful of index statements instead of hundreds.
     pub async fn insert_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
         self.pending_index.extend(rows.iter().map(|r| (resource_type.to_owned(), id.to_owned(), r.clone())));
-        if self.pending_index.len() >= 4 * INSERT_CHUNK {
+        if self.pending_index.len() >= PENDING_INDEX_ROWS {
             self.flush_index().await?;
         }
         Ok(())

@@ -32,6 +32,7 @@ for_each_backend!(
     multi_type_scans_read_every_live_resource_of_the_types_once,
     jobs_queued_in_bulk_keep_their_order_and_complete_together,
     background_checkpoints_copy_the_wal_into_the_database,
+    claiming_from_an_idle_queue_leaves_the_writer_to_others,
 );
 
 async fn read_many_sees_tombstones_and_the_transactions_own_writes(db: TestDb) {
@@ -838,4 +839,22 @@ async fn background_checkpoints_copy_the_wal_into_the_database(db: TestDb) {
         store::BackendKind::Postgres => assert_eq!(progress, None),
     }
     assert_eq!(store.read("Patient", "ck49").await.unwrap().map(|p| p.version_id), Some(1));
+}
+
+/// Idle workers poll their queues; on SQLite a claim that found nothing still took the one writer (and waited for
+/// a commit's sync) from the writers that had work. While a write transaction is open, a claim on a queue with
+/// nothing due answers at once, and one with a due job waits its turn and gets it.
+async fn claiming_from_an_idle_queue_leaves_the_writer_to_others(db: TestDb) {
+    let store = db.store().await;
+    store.enqueue(&NewJob::new("busy", "{}")).await.unwrap();
+    let writing = store.begin().await.unwrap();
+    let idle = tokio::time::timeout(Duration::from_secs(5), store.claim("idle", 8, Duration::from_secs(30))).await;
+    assert!(idle.expect("an idle queue's claim does not wait for the writer").unwrap().is_empty());
+    let busy = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim("busy", 8, Duration::from_secs(30)).await }
+    });
+    writing.rollback().await.unwrap();
+    let claimed = tokio::time::timeout(Duration::from_secs(30), busy).await.unwrap().unwrap().unwrap();
+    assert_eq!(claimed.len(), 1);
 }

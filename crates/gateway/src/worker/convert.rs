@@ -3,10 +3,11 @@
 //! Each entry's resources and its journal status (`converted` with any warnings, or `failed` with an
 //! OperationOutcome naming the location at fault) commit together; a job completes in its last entry's
 //! transaction. Batching entries is what makes conversion keep up with ingest: one commit, one read of the
-//! messages and one bulk write of their resources for up to 32 entries (one while messages are arriving). Writes are
+//! messages and one bulk write of their resources for up to 64 entries (one while messages are arriving). Writes are
 //! idempotent (deterministic ids, nothing written when the stored content already says the same), so an entry
 //! processed twice, or reprocessed by an operator, makes no new versions.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use store::{Job, JournalStatus, NewJob, Store, StoreError, StoreTx};
@@ -33,7 +34,7 @@ pub enum EntryOutcome {
 
 /// Journal entries converted in one transaction: one commit, one read of the messages and one bulk write of
 /// their resources for all of them.
-const ENTRIES_PER_TRANSACTION: usize = 32;
+pub(super) const ENTRIES_PER_TRANSACTION: usize = 64;
 /// Transactions of entries run again at once after losing a race to create the same resource.
 const MAX_IMMEDIATE_RETRIES: u32 = 3;
 
@@ -264,8 +265,9 @@ pub async fn convert_entries(
         Err(e) => return Err(e),
     };
     let mut outcomes = Vec::with_capacity(entries.len());
-    // Entries converted without warnings: their status is set with one statement.
-    let mut converted_plain = Vec::with_capacity(entries.len());
+    // Converted entries by their status detail (their warnings; a feed's messages usually share them): each
+    // group's status is set with one statement.
+    let mut converted: BTreeMap<Option<String>, Vec<i64>> = BTreeMap::new();
     for ((&id, entry), size) in ids.iter().zip(&entries).zip(sizes) {
         let outcome = match entry {
             Prepared::Missing => EntryOutcome::Missing,
@@ -285,20 +287,21 @@ pub async fn convert_entries(
                         Upsert::Kept => kept += 1,
                     }
                 }
-                if warnings.is_empty() {
-                    converted_plain.push(id);
-                } else {
+                let detail = (!warnings.is_empty()).then(|| {
                     let issues: Vec<_> =
                         warnings.iter().map(|w| ("warning", "informational", w.clone(), None)).collect();
-                    tx.set_journal_status(id, JournalStatus::Converted, Some(&operation_outcome(&issues))).await?;
-                }
+                    operation_outcome(&issues)
+                });
+                converted.entry(detail).or_default().push(id);
                 queue_application_ack(&mut tx, routes, message, AppOutcome::Accepted).await?;
                 EntryOutcome::Converted { written, unchanged, kept, warnings: warnings.len() }
             }
         };
         outcomes.push(outcome);
     }
-    tx.set_journal_statuses(&converted_plain, JournalStatus::Converted).await?;
+    for (detail, group) in &converted {
+        tx.set_journal_statuses(group, JournalStatus::Converted, detail.as_deref()).await?;
+    }
     tx.complete_jobs(complete).await?;
     tx.commit().await?;
     // Each entry's share of the transaction's time.

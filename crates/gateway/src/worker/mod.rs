@@ -95,8 +95,8 @@ impl Kind {
     /// updates go one at a time, in order.
     fn jobs_per_claim(self) -> usize {
         match self {
-            Kind::Convert => 16,
-            Kind::Normalize => 64,
+            Kind::Convert => 32,
+            Kind::Normalize => 128,
             Kind::Rri => 1,
         }
     }

@@ -136,7 +136,7 @@ async fn at_shutdown_a_conversion_job_hands_back_the_entries_it_did_not_reach() 
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
     // More entries than one transaction converts.
-    let raws: Vec<String> = (1..=40)
+    let raws: Vec<String> = (1..=convert::ENTRIES_PER_TRANSACTION + 8)
         .map(|n| message("adt_a04.hl7", &format!("S-{n}"), &[("MRN00000002", &format!("MRN9{n:07}"))]))
         .collect();
     let ids = journal_batch(&store, &raws).await;
