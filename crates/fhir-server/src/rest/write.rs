@@ -136,6 +136,22 @@ pub async fn create_all(tx: &mut StoreTx, resources: Vec<Value>) -> Result<Vec<W
     create_all_as(tx, &Caller::System, resources).await
 }
 
+/// The search index rows the write path stores for `resource`. A worker that extracts them before it begins its
+/// transaction (FHIRPath over every parameter of the type: tens of microseconds a resource) holds SQLite's one
+/// writer only to write them; see [`create_all_indexed`].
+pub fn index_rows_of(resource: &Value) -> Vec<store::IndexRow> {
+    index_rows(resource)
+}
+
+/// [`create_all`] for resources whose index rows the caller may have extracted already ([`index_rows_of`] of the
+/// same content; `None`: extracted here).
+pub async fn create_all_indexed(
+    tx: &mut StoreTx,
+    resources: Vec<(Value, Option<Vec<store::IndexRow>>)>,
+) -> Result<Vec<Written>, StoreError> {
+    create_indexed_as(tx, &Caller::System, resources).await
+}
+
 /// Writes brand-new resources (fresh ids) in bulk for `caller`; see [`StoreTx::create_all`]. Each must be a change
 /// the caller's role may make; referral Tasks must start as the state machine allows.
 pub async fn create_all_as(
@@ -147,6 +163,17 @@ pub async fn create_all_as(
     for resource in &mut resources {
         drop_gateway_source(caller, resource);
     }
+    create_indexed_as(tx, caller, resources.into_iter().map(|r| (r, None)).collect()).await
+}
+
+/// [`create_all_as`] after the caller's own `meta.source` is settled: given index rows are of the content as it
+/// is written.
+async fn create_indexed_as(
+    tx: &mut StoreTx,
+    caller: &Caller,
+    resources: Vec<(Value, Option<Vec<store::IndexRow>>)>,
+) -> Result<Vec<Written>, StoreError> {
+    let (resources, extracted): (Vec<Value>, Vec<Option<Vec<store::IndexRow>>>) = resources.into_iter().unzip();
     for resource in &resources {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         access::check_change(caller, resource_type, Change::Write)?;
@@ -154,7 +181,8 @@ pub async fn create_all_as(
             referral::check_task_write(caller, None, resource)?;
         }
     }
-    let rows: Vec<_> = resources.iter().map(index_rows).collect();
+    let rows: Vec<_> =
+        resources.iter().zip(extracted).map(|(r, given)| given.unwrap_or_else(|| index_rows(r))).collect();
     let facts: Vec<Option<Option<String>>> = resources.iter().map(early_fact).collect();
     let triggers: Vec<Option<Value>> = resources
         .iter()

@@ -202,7 +202,7 @@ fn prepare(raw: Option<&Vec<u8>>) -> Prepared<'_> {
         .map(|resource| {
             let stand_in = !from_adt
                 && matches!(resource.get("resourceType").and_then(|t| t.as_str()), Some("Patient" | "Organization"));
-            Candidate { resource, only_if_absent: stand_in, only_if_present: false }
+            Candidate { resource, only_if_absent: stand_in, only_if_present: false, rows: None }
         })
         .collect();
     Prepared::Ready { message, message_type, candidates, warnings: conversion.warnings }

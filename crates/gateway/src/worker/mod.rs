@@ -222,6 +222,8 @@ struct Candidate {
     only_if_absent: bool,
     /// Never create one (retractions).
     only_if_present: bool,
+    /// The resource's index rows when extracted before the transaction (`write::index_rows_of`).
+    rows: Option<Vec<store::IndexRow>>,
 }
 
 impl Candidate {
@@ -303,13 +305,13 @@ async fn upsert_run(
                 Upsert::Unchanged
             }
             _ if current.is_none() => {
-                creates.push(c.resource);
+                creates.push((c.resource, c.rows));
                 Upsert::Written
             }
             _ => {
                 // Writes keep their order: what was queued for creation goes first.
                 if !creates.is_empty() {
-                    fhir_server::rest::write::create_all(tx, std::mem::take(&mut creates)).await?;
+                    fhir_server::rest::write::create_all_indexed(tx, std::mem::take(&mut creates)).await?;
                 }
                 fhir_server::rest::write::put(tx, c.resource, store::Precondition::None).await?;
                 Upsert::Written
@@ -318,7 +320,7 @@ async fn upsert_run(
         outcomes.push(outcome);
     }
     if !creates.is_empty() {
-        fhir_server::rest::write::create_all(tx, creates).await?;
+        fhir_server::rest::write::create_all_indexed(tx, creates).await?;
     }
     Ok(outcomes)
 }

@@ -51,7 +51,8 @@ pub async fn ensure_device(store: &Store) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
     // Replicas starting together must not both create it.
     tx.serialize_on("device:sdoh-gateway").await?;
-    upsert_all(&mut tx, vec![Candidate { resource: device, only_if_absent: true, only_if_present: false }]).await?;
+    let device = Candidate { resource: device, only_if_absent: true, only_if_present: false, rows: None };
+    upsert_all(&mut tx, vec![device]).await?;
     tx.commit().await
 }
 
@@ -132,6 +133,8 @@ enum Prepared {
 struct Derivation {
     derived: sdoh::Derived,
     retract_all: bool,
+    /// The derived resources' index rows, in their order, when extracted before the transaction.
+    rows: Option<Vec<Vec<store::IndexRow>>>,
 }
 
 async fn prepare(
@@ -152,7 +155,7 @@ async fn prepare(
     let Some(qr) = qr else { return Ok(Prepared::Done(NormalizeOutcome::Skipped)) };
     let context = sdoh::Context { recorded, agent: AGENT };
     Ok(match sdoh::normalize(&qr, &context) {
-        Ok(Some(derived)) => Prepared::Derive(Derivation { derived, retract_all }),
+        Ok(Some(derived)) => Prepared::Derive(Derivation { derived, retract_all, rows: None }),
         Ok(None) => {
             // In-progress responses are not screenings yet; anything else here is an instrument we do not know.
             let in_progress = qr.get("status").and_then(Value::as_str) == Some("in-progress");
@@ -171,13 +174,15 @@ async fn write_derived(
     let mut sizes = Vec::with_capacity(derivations.len());
     let mut candidates = Vec::new();
     let mut rest = Vec::with_capacity(derivations.len());
-    for Derivation { derived, retract_all } in derivations {
+    for Derivation { derived, retract_all, rows } in derivations {
         sizes.push(derived.resources.len());
+        let mut rows = rows.map(Vec::into_iter);
         // An entered-in-error (or deleted) QR retracts what exists and creates nothing.
         candidates.extend(derived.resources.into_iter().map(|resource| Candidate {
             resource,
             only_if_absent: false,
             only_if_present: retract_all,
+            rows: rows.as_mut().and_then(Iterator::next),
         }));
         rest.push((derived.instrument, derived.retractions, retract_all));
     }
@@ -259,10 +264,12 @@ async fn normalize_many(
     store: &Store,
     named: &[(Job, String)],
 ) -> Result<Vec<Result<NormalizeOutcome, sdoh::NormalizeError>>, StoreError> {
-    let mut tx = store.begin().await?;
     let mut ids: Vec<&str> = named.iter().map(|(_, id)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
+    let recorded = store::format_instant(Timestamp::now());
+    let mut ahead = derive_ahead(store, &ids, &recorded).await?;
+    let mut tx = store.begin().await?;
     // Two jobs for one QR (two quick updates) must not interleave their reads and writes; taken in one order by
     // every worker, so two batches naming the same QRs cannot deadlock.
     for id in &ids {
@@ -270,12 +277,16 @@ async fn normalize_many(
     }
     let keys: Vec<(&str, &str)> = ids.iter().map(|id| (QR, *id)).collect();
     let mut current = tx.read_many(&keys).await?;
-    let recorded = store::format_instant(Timestamp::now());
     let mut by_id: HashMap<&str, Result<NormalizeOutcome, sdoh::NormalizeError>> = HashMap::new();
     let (mut deriving, mut derivations) = (Vec::new(), Vec::new());
     for id in ids {
         let stored = current.remove(&(QR.to_owned(), id.to_owned()));
-        match prepare(store, id, stored, &recorded).await? {
+        let prepared = match (ahead.remove(id), &stored) {
+            (Some((version, prepared)), Some(s)) if version == (s.version_id, s.deleted) => prepared,
+            // Changed since it was read ahead (or not there then): derived again from what the transaction sees.
+            _ => prepare(store, id, stored, &recorded).await?,
+        };
+        match prepared {
             Prepared::Done(outcome) => {
                 by_id.insert(id, Ok(outcome));
             }
@@ -297,6 +308,28 @@ async fn normalize_many(
     tx.complete_jobs(&completed).await?;
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Each QR's current version read on a reader and derived, with the derived resources' index rows, before the
+/// transaction begins: the transaction uses a derivation whose QR version it finds unchanged, so SQLite's one writer
+/// is held for writing rather than for normalizing and extracting index rows (a fifth of a batch's time).
+async fn derive_ahead(
+    store: &Store,
+    ids: &[&str],
+    recorded: &str,
+) -> Result<HashMap<String, ((i64, bool), Prepared)>, StoreError> {
+    let mut ahead = HashMap::with_capacity(ids.len());
+    for id in ids {
+        let Some(stored) = store.read(QR, id).await? else { continue };
+        let version = (stored.version_id, stored.deleted);
+        let mut prepared = prepare(store, id, Some(stored), recorded).await?;
+        if let Prepared::Derive(derivation) = &mut prepared {
+            let rows = derivation.derived.resources.iter().map(fhir_server::rest::write::index_rows_of).collect();
+            derivation.rows = Some(rows);
+        }
+        ahead.insert((*id).to_owned(), (version, prepared));
+    }
+    Ok(ahead)
 }
 
 /// The newest version of the QR that was not a deletion.

@@ -429,6 +429,7 @@ async fn repeated_candidates_write_and_report_as_one_at_a_time() {
         resource: resource.clone(),
         only_if_absent,
         only_if_present,
+        rows: None,
     };
     let batch = || {
         vec![
