@@ -120,8 +120,11 @@ fn report(id: &str, outcome: &NormalizeOutcome, elapsed: std::time::Duration) {
     }
 }
 
+/// Derivations made before a transaction, by QR id, with the `(versionId, deleted)` of the QR version they are of.
+pub(super) type Ahead = HashMap<String, ((i64, bool), Prepared)>;
+
 /// What a QuestionnaireResponse's current version asks for.
-enum Prepared {
+pub(super) enum Prepared {
     /// Nothing to write.
     Done(NormalizeOutcome),
     Derive(Derivation),
@@ -130,7 +133,7 @@ enum Prepared {
 }
 
 /// What one QR derives, and whether it retracts everything instead (entered in error, or deleted).
-struct Derivation {
+pub(super) struct Derivation {
     derived: sdoh::Derived,
     retract_all: bool,
     /// The derived resources' index rows, in their order, when extracted before the transaction.
@@ -264,11 +267,27 @@ async fn normalize_many(
     store: &Store,
     named: &[(Job, String)],
 ) -> Result<Vec<Result<NormalizeOutcome, sdoh::NormalizeError>>, StoreError> {
+    let recorded = store::format_instant(Timestamp::now());
+    let ahead = derive_ahead(store, &distinct_ids(named), &recorded).await?;
+    normalize_with(store, named, ahead, &recorded).await
+}
+
+/// The QR ids the jobs name, each once, in the order every worker takes their locks.
+fn distinct_ids(named: &[(Job, String)]) -> Vec<&str> {
     let mut ids: Vec<&str> = named.iter().map(|(_, id)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let recorded = store::format_instant(Timestamp::now());
-    let mut ahead = derive_ahead(store, &ids, &recorded).await?;
+    ids
+}
+
+/// [`normalize_many`]'s transaction, given what [`derive_ahead`] derived before it.
+pub(super) async fn normalize_with(
+    store: &Store,
+    named: &[(Job, String)],
+    mut ahead: Ahead,
+    recorded: &str,
+) -> Result<Vec<Result<NormalizeOutcome, sdoh::NormalizeError>>, StoreError> {
+    let ids = distinct_ids(named);
     let mut tx = store.begin().await?;
     // Two jobs for one QR (two quick updates) must not interleave their reads and writes; taken in one order by
     // every worker, so two batches naming the same QRs cannot deadlock.
@@ -284,7 +303,7 @@ async fn normalize_many(
         let prepared = match (ahead.remove(id), &stored) {
             (Some((version, prepared)), Some(s)) if version == (s.version_id, s.deleted) => prepared,
             // Changed since it was read ahead (or not there then): derived again from what the transaction sees.
-            _ => prepare(store, id, stored, &recorded).await?,
+            _ => prepare(store, id, stored, recorded).await?,
         };
         match prepared {
             Prepared::Done(outcome) => {
@@ -313,11 +332,7 @@ async fn normalize_many(
 /// Each QR's current version read on a reader and derived, with the derived resources' index rows, before the
 /// transaction begins: the transaction uses a derivation whose QR version it finds unchanged, so SQLite's one writer
 /// is held for writing rather than for normalizing and extracting index rows (a fifth of a batch's time).
-async fn derive_ahead(
-    store: &Store,
-    ids: &[&str],
-    recorded: &str,
-) -> Result<HashMap<String, ((i64, bool), Prepared)>, StoreError> {
+pub(super) async fn derive_ahead(store: &Store, ids: &[&str], recorded: &str) -> Result<Ahead, StoreError> {
     let mut ahead = HashMap::with_capacity(ids.len());
     for id in ids {
         let Some(stored) = store.read(QR, id).await? else { continue };

@@ -465,3 +465,34 @@ async fn repeated_candidates_write_and_report_as_one_at_a_time() {
     assert_eq!(versions(&together).await, versions(&alone).await);
     assert_eq!(versions(&together).await.len(), 3, "Organization v1, Patient v1 and v2");
 }
+
+/// A screening is derived on a reader before its transaction; when its QR has a new version by the time the
+/// transaction reads it, the transaction derives again from that version instead of writing the stale derivation.
+#[tokio::test]
+async fn a_screening_changed_after_its_early_derivation_is_derived_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let negative: Value = serde_json::from_str(&conformance("sdoh/hvs-not-at-risk.input.json")).unwrap();
+    let mut at_risk: Value = serde_json::from_str(&conformance("sdoh/hvs-at-risk.input.json")).unwrap();
+    let id = negative["id"].as_str().unwrap().to_owned();
+    at_risk["id"] = Value::String(id.clone());
+    let mut tx = store.begin().await.unwrap();
+    fhir_server::rest::write::put(&mut tx, negative, Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let recorded = store::format_instant(store::Timestamp::now());
+    let ahead = normalize::derive_ahead(&store, &[id.as_str()], &recorded).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    fhir_server::rest::write::put(&mut tx, at_risk, Precondition::None).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let jobs = store.claim(NORMALIZE, 10, Duration::from_secs(60)).await.unwrap();
+    let named: Vec<_> = jobs.into_iter().map(|job| (job, id.clone())).collect();
+    let outcomes = normalize::normalize_with(&store, &named, ahead, &recorded).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let written = versions(&store).await;
+    assert!(
+        written.iter().any(|(t, _, _)| t == "Condition"),
+        "the at-risk version's food insecurity concern: {written:?}"
+    );
+}
