@@ -268,7 +268,13 @@ async fn normalize_many(
     named: &[(Job, String)],
 ) -> Result<Vec<Result<NormalizeOutcome, sdoh::NormalizeError>>, StoreError> {
     let recorded = store::format_instant(Timestamp::now());
-    let ahead = derive_ahead(store, &distinct_ids(named), &recorded).await?;
+    // SQLite's one writer is held by a transaction from its first statement to its commit, so deriving before
+    // taking it lets ingest and conversion write meanwhile. PostgreSQL runs transactions side by side: there the
+    // early reads would only add round trips (normalization measured 15-20 % slower with them).
+    let ahead = match store.backend() {
+        store::BackendKind::Sqlite => derive_ahead(store, &distinct_ids(named), &recorded).await?,
+        store::BackendKind::Postgres => Ahead::new(),
+    };
     normalize_with(store, named, ahead, &recorded).await
 }
 
