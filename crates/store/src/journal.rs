@@ -215,13 +215,10 @@ impl StoreTx {
         const IDS_PER_UPDATE: usize = 200;
         let now = Timestamp::now().micros();
         for chunk in ids.chunks(IDS_PER_UPDATE) {
-            let marks: Vec<String> = (4..chunk.len() + 4).map(|n| crate::tx::placeholder(self, n)).collect();
             let sql = format!(
-                "UPDATE message_journal SET status = {}, status_detail = {}, updated_us = {} WHERE id IN ({})",
-                crate::tx::placeholder(self, 1),
-                crate::tx::placeholder(self, 2),
-                crate::tx::placeholder(self, 3),
-                marks.join(", ")
+                "UPDATE message_journal SET (status, status_detail, updated_us) = {} WHERE id IN {}",
+                crate::tx::placeholders(self, 1, 3),
+                crate::tx::placeholders(self, 4, chunk.len())
             );
             let updated = with_tx_conn!(self, conn => {
                 let mut query = sqlx::query(&sql).bind(status.as_str()).bind(detail).bind(now);
@@ -247,8 +244,10 @@ impl StoreTx {
         const IDS_PER_SELECT: usize = 200;
         let mut found = std::collections::HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(IDS_PER_SELECT) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|n| crate::tx::placeholder(self, n)).collect();
-            let sql = format!("SELECT id, raw FROM message_journal WHERE id IN ({})", marks.join(", "));
+            let sql = format!(
+                "SELECT id, raw FROM message_journal WHERE id IN {}",
+                crate::tx::placeholders(self, 1, chunk.len())
+            );
             with_tx_conn!(self, conn => {
                 let mut query = sqlx::query(&sql);
                 for id in chunk {
@@ -260,17 +259,6 @@ impl StoreTx {
             });
         }
         Ok(found)
-    }
-
-    /// The raw bytes of a journal entry, for the worker that converts it.
-    pub async fn journal_raw(&mut self, id: i64) -> Result<Option<Vec<u8>>> {
-        with_tx_conn!(self, conn => {
-            let row = sqlx::query("SELECT raw FROM message_journal WHERE id = $1").bind(id).fetch_optional(&mut *conn).await?;
-            match row {
-                Some(r) => Ok(Some(r.try_get::<Vec<u8>, _>(0)?)),
-                None => Ok(None),
-            }
-        })
     }
 }
 

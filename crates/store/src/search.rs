@@ -28,12 +28,8 @@ const PENDING_INDEX_ROWS: usize = 5_000;
 /// 64-bit FNV-1a hash of `"ResourceType.code"` (48 bits fit SQLite's 6-byte integer encoding; a test checks that the
 /// official parameters do not collide). It is stored in every index row: changing it is a migration.
 pub fn param_key(resource_type: &str, param: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in resource_type.bytes().chain(std::iter::once(b'.')).chain(param.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash >> 16) as i64
+    let name = resource_type.bytes().chain(std::iter::once(b'.')).chain(param.bytes());
+    (crate::tx::fnv1a_bytes(name) >> 16) as i64
 }
 
 /// One index value of one parameter of one resource.
@@ -303,11 +299,10 @@ impl StoreTx {
         for (resource_type, ids) in by_type {
             let ids: Vec<&str> = ids.into_iter().collect();
             for chunk in ids.chunks(INSERT_CHUNK) {
-                let marks: Vec<String> = (0..chunk.len()).map(|i| crate::tx::placeholder(self, i + 2)).collect();
                 let sql = format!(
-                    "SELECT id, rid FROM resources WHERE resource_type = {} AND id IN ({})",
+                    "SELECT id, rid FROM resources WHERE resource_type = {} AND id IN {}",
                     crate::tx::placeholder(self, 1),
-                    marks.join(", ")
+                    crate::tx::placeholders(self, 2, chunk.len())
                 );
                 let found: Vec<(String, i64)> = with_tx_conn!(self, conn => {
                     let mut query = sqlx::query_as(&sql).bind(resource_type);
@@ -330,36 +325,35 @@ impl StoreTx {
 
 /// Converts the index rows of a database written before index rows had numeric keys (migration 0011 renamed its
 /// tables `legacy_search_*`): each table's rows are copied with their resource's `rid` and their parameter's
-/// [`param_key`], and the legacy table is dropped, in one transaction per table. An interrupted conversion resumes
-/// with the tables still there; replicas starting together on PostgreSQL take turns (an advisory lock).
+/// [`param_key`], and the legacy tables are dropped, in one transaction. Replicas starting together on PostgreSQL
+/// take turns (an advisory lock); the one that comes second finds nothing left. A database without legacy tables
+/// (every start after the first) costs one query in a transaction rolled back.
 pub(crate) async fn convert_legacy_index(store: &Store) -> Result<()> {
     /// Any constant shared by every replica; it names this conversion's lock.
     const CONVERSION_LOCK: i64 = 0x5d0_0011;
-    for table in IndexTable::ALL {
-        let legacy = format!("legacy_{}", table.name());
-        let mut tx = store.begin().await?;
-        let exists: i64 = match &mut tx.inner {
-            crate::tx::TxInner::Sqlite(conn) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = $1")
-                    .bind(&legacy)
-                    .fetch_one(&mut **conn)
-                    .await?
-            }
-            crate::tx::TxInner::Postgres(conn) => {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CONVERSION_LOCK).execute(&mut **conn).await?;
-                sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() \
-                     AND table_name = $1",
-                )
-                .bind(&legacy)
-                .fetch_one(&mut **conn)
+    let mut tx = store.begin().await?;
+    let legacy: Vec<String> = match &mut tx.inner {
+        crate::tx::TxInner::Sqlite(conn) => {
+            sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'legacy_search_%'")
+                .fetch_all(&mut **conn)
                 .await?
-            }
-        };
-        if exists == 0 {
-            tx.rollback().await?;
-            continue;
         }
+        crate::tx::TxInner::Postgres(conn) => {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CONVERSION_LOCK).execute(&mut **conn).await?;
+            sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() \
+                 AND table_name LIKE 'legacy_search_%'",
+            )
+            .fetch_all(&mut **conn)
+            .await?
+        }
+    };
+    if legacy.is_empty() {
+        return tx.rollback().await;
+    }
+    let mut done = Vec::new();
+    for table in IndexTable::ALL.into_iter().filter(|t| legacy.contains(&format!("legacy_{}", t.name()))) {
+        let legacy = format!("legacy_{}", table.name());
         let params: Vec<(String, String)> = with_tx_conn!(tx, conn => {
             sqlx::query_as(&format!("SELECT DISTINCT resource_type, param FROM {legacy}")).fetch_all(&mut *conn).await?
         });
@@ -386,13 +380,11 @@ pub(crate) async fn convert_legacy_index(store: &Store) -> Result<()> {
         with_tx_conn!(tx, conn => {
             sqlx::query(&format!("DROP TABLE {legacy}")).execute(&mut *conn).await?;
         });
-        tx.commit().await?;
-        tracing::info!(
-            table = table.name(),
-            rows = converted,
-            parameters = params.len(),
-            "converted legacy index rows"
-        );
+        done.push((table.name(), converted, params.len()));
+    }
+    tx.commit().await?;
+    for (table, rows, parameters) in done {
+        tracing::info!(table, rows, parameters, "converted legacy index rows");
     }
     Ok(())
 }

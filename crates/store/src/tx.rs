@@ -100,12 +100,17 @@ pub(crate) fn placeholder(tx: &StoreTx, n: usize) -> String {
 
 /// A stable 64-bit hash (FNV-1a): every replica must map a key to the same lock.
 fn fnv1a(key: &str) -> i64 {
+    fnv1a_bytes(key.bytes()) as i64
+}
+
+/// 64-bit FNV-1a of a byte sequence: stable across processes and releases (lock keys, stored parameter keys).
+pub(crate) fn fnv1a_bytes(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
+    for byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    hash as i64
+    hash
 }
 
 /// Runs `$body` with `$conn` bound to the transaction's connection, whichever the backend.
