@@ -99,6 +99,17 @@ where
 
 const SELECT_COLUMNS: &str = "resource_type, id, version_id, last_updated_us, deleted, content";
 
+/// `(type, id)` pairs read per statement by `read_many`.
+const KEYS_PER_SELECT: usize = 200;
+
+/// The current versions of `pairs` resources, one key probe per pair on both backends; `mark(n)` is the
+/// backend's bind placeholder `n` (types bound at odd, ids at even positions).
+fn read_many_sql(pairs: usize, mark: impl Fn(usize) -> String) -> String {
+    let probes: Vec<String> =
+        (0..pairs).map(|i| format!("(resource_type = {} AND id = {})", mark(i * 2 + 1), mark(i * 2 + 2))).collect();
+    format!("SELECT {SELECT_COLUMNS} FROM resources WHERE {}", probes.join(" OR "))
+}
+
 impl StoreTx {
     async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>> {
         let sql = match self.inner {
@@ -141,19 +152,9 @@ impl StoreTx {
         &mut self,
         keys: &[(&str, &str)],
     ) -> Result<std::collections::HashMap<(String, String), StoredResource>> {
-        const KEYS_PER_SELECT: usize = 200;
         let mut found = std::collections::HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(KEYS_PER_SELECT) {
-            let mut sql = format!("SELECT {SELECT_COLUMNS} FROM resources WHERE ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                // One key probe per pair on both backends.
-                let (first, second) =
-                    (crate::tx::placeholder(self, i * 2 + 1), crate::tx::placeholder(self, i * 2 + 2));
-                sql.push_str(&format!("(resource_type = {first} AND id = {second})"));
-            }
+            let sql = read_many_sql(chunk.len(), |n| crate::tx::placeholder(self, n));
             let rows = with_tx_conn!(self, conn => {
                 let mut query = sqlx::query(&sql);
                 for (resource_type, id) in chunk {
@@ -424,6 +425,29 @@ impl Store {
                 None => Ok(None),
             }
         })
+    }
+
+    /// [`StoreTx::read_many`] on a reader: the current versions (tombstones included) of the resources that exist.
+    pub async fn read_many(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<std::collections::HashMap<(String, String), StoredResource>> {
+        let sqlite = matches!(self.pools(), crate::Pools::Sqlite { .. });
+        let mut found = std::collections::HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(KEYS_PER_SELECT) {
+            let sql = read_many_sql(chunk.len(), |n| if sqlite { "?".to_owned() } else { format!("${n}") });
+            let rows = with_read_pool!(self, pool => {
+                let mut query = sqlx::query(&sql);
+                for (resource_type, id) in chunk {
+                    query = query.bind(*resource_type).bind(*id);
+                }
+                query.fetch_all(pool).await?.iter().map(row_to_resource).collect::<Result<Vec<_>>>()?
+            });
+            for stored in rows {
+                found.insert((stored.resource_type.clone(), stored.id.clone()), stored);
+            }
+        }
+        Ok(found)
     }
 
     /// One specific version from history.

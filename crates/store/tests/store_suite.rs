@@ -56,6 +56,12 @@ async fn read_many_sees_tombstones_and_the_transactions_own_writes(db: TestDb) {
     assert!(found[&key("gone")].deleted);
     assert_eq!(found[&key("new")].version_id, 1, "the transaction's own write");
     assert!(tx.read_many(&[]).await.unwrap().is_empty());
+
+    // A reader sees what is committed, not the open transaction's write.
+    let committed = store.read_many(&keys).await.unwrap();
+    assert_eq!(committed.len(), 2, "{:?}", committed.keys().collect::<Vec<_>>());
+    assert_eq!(committed[&key("a")].version_id, 1);
+    assert!(committed[&key("gone")].deleted);
     tx.rollback().await.unwrap();
 }
 

@@ -10,7 +10,9 @@ use store::{Grant, NewJob, Precondition, Scope, StoreError, StoreTx, StoredResou
 
 use super::access::{self, Change};
 use super::referral;
-use super::search::index_rows;
+/// The search index rows the write path stores for a resource: a worker that extracts them before it begins its
+/// transaction holds SQLite's one writer only to write them (see [`create_all_indexed`]).
+pub use super::search::index_rows;
 use crate::auth::Caller;
 use crate::measures::facts;
 
@@ -136,14 +138,7 @@ pub async fn create_all(tx: &mut StoreTx, resources: Vec<Value>) -> Result<Vec<W
     create_all_as(tx, &Caller::System, resources).await
 }
 
-/// The search index rows the write path stores for `resource`. A worker that extracts them before it begins its
-/// transaction (FHIRPath over every parameter of the type: tens of microseconds a resource) holds SQLite's one
-/// writer only to write them; see [`create_all_indexed`].
-pub fn index_rows_of(resource: &Value) -> Vec<store::IndexRow> {
-    index_rows(resource)
-}
-
-/// [`create_all`] for resources whose index rows the caller may have extracted already ([`index_rows_of`] of the
+/// [`create_all`] for resources whose index rows the caller may have extracted already ([`index_rows`] of the
 /// same content; `None`: extracted here).
 pub async fn create_all_indexed(
     tx: &mut StoreTx,

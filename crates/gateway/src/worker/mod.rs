@@ -222,7 +222,7 @@ struct Candidate {
     only_if_absent: bool,
     /// Never create one (retractions).
     only_if_present: bool,
-    /// The resource's index rows when extracted before the transaction (`write::index_rows_of`).
+    /// The resource's index rows when extracted before the transaction (`write::index_rows`).
     rows: Option<Vec<store::IndexRow>>,
 }
 

@@ -339,16 +339,16 @@ pub(super) async fn normalize_with(
 /// transaction begins: the transaction uses a derivation whose QR version it finds unchanged, so SQLite's one writer
 /// is held for writing rather than for normalizing and extracting index rows (a fifth of a batch's time).
 pub(super) async fn derive_ahead(store: &Store, ids: &[&str], recorded: &str) -> Result<Ahead, StoreError> {
+    let keys: Vec<(&str, &str)> = ids.iter().map(|id| (QR, *id)).collect();
     let mut ahead = HashMap::with_capacity(ids.len());
-    for id in ids {
-        let Some(stored) = store.read(QR, id).await? else { continue };
+    for ((_, id), stored) in store.read_many(&keys).await? {
         let version = (stored.version_id, stored.deleted);
-        let mut prepared = prepare(store, id, Some(stored), recorded).await?;
+        let mut prepared = prepare(store, &id, Some(stored), recorded).await?;
         if let Prepared::Derive(derivation) = &mut prepared {
-            let rows = derivation.derived.resources.iter().map(fhir_server::rest::write::index_rows_of).collect();
+            let rows = derivation.derived.resources.iter().map(fhir_server::rest::write::index_rows).collect();
             derivation.rows = Some(rows);
         }
-        ahead.insert((*id).to_owned(), (version, prepared));
+        ahead.insert(id, (version, prepared));
     }
     Ok(ahead)
 }
