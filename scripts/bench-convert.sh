@@ -54,6 +54,16 @@ def counters():
     return c
 
 
+def cpu_s():
+    """The gateway's CPU time so far (user + system, all threads), in seconds."""
+    try:
+        with open(f"/proc/{gw_pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def rss_kb():
     try:
         with open(f"/proc/{gw_pid}/status") as f:
@@ -63,6 +73,7 @@ def rss_kb():
 
 
 args = [load_bin, "--mllp", f"127.0.0.1:{mllp_port}", "--kind", "oru-screening", "--messages", str(n), "--json"]
+cpu0 = cpu_s()
 t0 = time.monotonic()
 load = subprocess.Popen(args + extra, stdout=subprocess.PIPE, text=True)
 t_conv = t_norm = t_load = None
@@ -82,6 +93,7 @@ while time.monotonic() - t0 < deadline_s:
     if t_load is not None and load.returncode != 0:
         break
     time.sleep(0.05)
+cpu_used = cpu_s() - cpu0
 out, _ = load.communicate()
 if t_load is None:
     t_load = time.monotonic() - t0
@@ -131,6 +143,7 @@ report = {
     "conversion_msg_per_s": rate(t_conv),
     "first_send_to_last_normalization_s": round(t_norm, 3) if t_norm else None,
     "normalization_msg_per_s": rate(t_norm),
+    "gateway_cpu_ms_per_message": round(cpu_used * 1000 / n, 3),
     "converted": c["conv_ok"],
     "conversion_failed": c["conv_failed"],
     "normalized": c["norm_ok"],

@@ -416,12 +416,12 @@ async fn connect_sqlite(options: &StoreOptions) -> Result<(Pools, Option<durabil
         .busy_timeout(options.acquire_timeout)
         .pragma("temp_store", "memory")
         .pragma("cache_size", format!("-{}", u64::from(options.sqlite_writer_cache_mib.max(1)) * 1024))
-        // `Store::checkpoint`, run five times a second on a reader, copies committed pages into the database file
-        // off the write path; but under continuous writes it never catches up completely, and only a complete
-        // checkpoint lets the WAL restart from its beginning. So the writer still checkpoints once the WAL passes
-        // 64 MiB, and the WAL stays bounded instead of growing to gigabytes (which slows every read that has to
-        // consult it). At 16 MiB the writer checkpointed inside a commit so often under conversion load that it
-        // spent 12 % of its time there (a profile), and conversion ran ~18 % slower.
+        // `Store::checkpoint`, run five times a second on a connection of its own, copies committed pages into the
+        // database file off the write path; but under continuous writes it never catches up completely, and only a
+        // complete checkpoint lets the WAL restart from its beginning. So the writer still checkpoints once the WAL
+        // passes 64 MiB, and the WAL stays bounded instead of growing to gigabytes (which slows every read that has to
+        // consult it). At 16 MiB the writer checkpointed inside a commit so often under conversion load that it spent
+        // 12 % of its time there (a profile), and conversion ran ~18 % slower.
         .pragma("wal_autocheckpoint", "16384");
     let path = base.get_filename();
     let in_memory = path == std::path::Path::new(":memory:");

@@ -238,13 +238,15 @@ impl StoreTx {
                 values.push_str(&crate::tx::placeholders(self, i * 6 + 1, 6));
             }
             for table in ["resources", "resource_history"] {
+                // The current-version rows return their `rid`s for the index rows that follow.
+                let returning = if table == "resources" { " RETURNING resource_type, id, rid" } else { "" };
                 let sql = format!(
                     "INSERT INTO {table} (resource_type, id, version_id, last_updated_us, deleted, content) \
-                     VALUES {values}"
+                     VALUES {values}{returning}"
                 );
-                let outcome: std::result::Result<(), sqlx::Error> = with_tx_conn!(self, conn => {
+                let outcome: std::result::Result<Vec<(String, String, i64)>, sqlx::Error> = with_tx_conn!(self, conn => {
                     async {
-                        let mut query = sqlx::query(&sql);
+                        let mut query = sqlx::query_as(&sql);
                         for w in chunk {
                             let r = &w.resource;
                             query = query
@@ -255,12 +257,12 @@ impl StoreTx {
                                 .bind(false)
                                 .bind(r.content.as_deref());
                         }
-                        query.execute(&mut *conn).await.map(|_| ())
+                        query.fetch_all(&mut *conn).await
                     }
                     .await
                 });
                 match outcome {
-                    Ok(()) => {}
+                    Ok(rids) => self.rids.extend(rids.into_iter().map(|(t, id, rid)| ((t, id), rid))),
                     Err(e) if StoreError::is_unique_violation(&e) => {
                         return Err(StoreError::VersionConflict {
                             resource_type: chunk[0].resource.resource_type.clone(),
@@ -313,32 +315,42 @@ impl StoreTx {
         let deleted = content.is_none();
         let upsert = if exists {
             "UPDATE resources SET version_id = $3, last_updated_us = $4, deleted = $5, content = $6 \
-             WHERE resource_type = $1 AND id = $2"
+             WHERE resource_type = $1 AND id = $2 RETURNING rid"
         } else {
             "INSERT INTO resources (resource_type, id, version_id, last_updated_us, deleted, content) \
-             VALUES ($1, $2, $3, $4, $5, $6)"
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING rid"
         };
         let history = "INSERT INTO resource_history (resource_type, id, version_id, last_updated_us, deleted, content) \
                        VALUES ($1, $2, $3, $4, $5, $6)";
-        let outcome: std::result::Result<(), sqlx::Error> = with_tx_conn!(self, conn => {
+        let outcome: std::result::Result<i64, sqlx::Error> = with_tx_conn!(self, conn => {
             async {
-                for sql in [upsert, history] {
-                    sqlx::query(sql)
-                        .bind(resource_type)
-                        .bind(id)
-                        .bind(version_id)
-                        .bind(last_updated.micros())
-                        .bind(deleted)
-                        .bind(content)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Ok(())
+                let rid = sqlx::query_scalar(upsert)
+                    .bind(resource_type)
+                    .bind(id)
+                    .bind(version_id)
+                    .bind(last_updated.micros())
+                    .bind(deleted)
+                    .bind(content)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                sqlx::query(history)
+                    .bind(resource_type)
+                    .bind(id)
+                    .bind(version_id)
+                    .bind(last_updated.micros())
+                    .bind(deleted)
+                    .bind(content)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(rid)
             }
             .await
         });
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(rid) => {
+                self.rids.insert((resource_type.to_owned(), id.to_owned()), rid);
+                Ok(())
+            }
             // Two transactions created the same new id at once; the loser sees a conflict, never a duplicate.
             Err(e) if StoreError::is_unique_violation(&e) => Err(StoreError::VersionConflict {
                 resource_type: resource_type.to_owned(),

@@ -9,8 +9,6 @@
 //! the resource type too. Text keys repeated in every row and its two indexes made the index most of what a write
 //! stored, and hash-derived resource ids scattered each write's owner-index entries over the whole index.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
 use sqlx::Row;
 
 use crate::access::scope_condition;
@@ -219,7 +217,13 @@ impl StoreTx {
     /// with one multi-row statement per table for the whole transaction (before a search in it, and at commit), so
     /// a 100-entry transaction costs a handful of index statements instead of hundreds.
     pub async fn insert_index(&mut self, resource_type: &str, id: &str, rows: &[IndexRow]) -> Result<()> {
-        self.pending_index.extend(rows.iter().map(|r| (resource_type.to_owned(), id.to_owned(), r.clone())));
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let Some(rid) = self.rid_of(resource_type, id).await? else {
+            return Err(StoreError::Invalid(format!("index rows for {resource_type}/{id}, which is not stored")));
+        };
+        self.pending_index.extend(rows.iter().map(|r| (rid, param_key(resource_type, &r.param), r.clone())));
         if self.pending_index.len() >= PENDING_INDEX_ROWS {
             self.flush_index().await?;
         }
@@ -232,9 +236,8 @@ impl StoreTx {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending_index);
-        let rids = self.resource_rids(pending.iter().map(|(t, id, _)| (t.as_str(), id.as_str()))).await?;
         for table in IndexTable::ALL {
-            let of_table: Vec<&(String, String, IndexRow)> =
+            let of_table: Vec<&(i64, i64, IndexRow)> =
                 pending.iter().filter(|(_, _, r)| r.value.table() == table).collect();
             for chunk in of_table.chunks(INSERT_CHUNK) {
                 let columns = table.value_columns();
@@ -242,18 +245,13 @@ impl StoreTx {
                 let mut sql =
                     format!("INSERT INTO {} (rid, param, grp, comp, {}) VALUES ", table.name(), columns.join(", "));
                 let mut binds = Vec::with_capacity(chunk.len() * width);
-                for (i, (resource_type, id, row)) in chunk.iter().enumerate() {
-                    let Some(rid) = rids.get(&(resource_type.as_str(), id.as_str())) else {
-                        return Err(StoreError::Invalid(format!(
-                            "index rows for {resource_type}/{id}, which is not stored"
-                        )));
-                    };
+                for (i, (rid, param, row)) in chunk.iter().enumerate() {
                     if i > 0 {
                         sql.push_str(", ");
                     }
                     sql.push_str(&crate::tx::placeholders(self, i * width + 1, width));
                     binds.push(Bind::Int(*rid));
-                    binds.push(Bind::Int(param_key(resource_type, &row.param)));
+                    binds.push(Bind::Int(*param));
                     binds.push(Bind::Small(row.group));
                     binds.push(Bind::Small(row.component));
                     row.value.binds(&mut binds);
@@ -268,15 +266,8 @@ impl StoreTx {
 
     /// Removes every index row of `resource_type/id` (on delete).
     pub async fn clear_index(&mut self, resource_type: &str, id: &str) -> Result<()> {
-        self.pending_index.retain(|(t, i, _)| !(t == resource_type && i == id));
-        let rid = with_tx_conn!(self, conn => {
-            sqlx::query_scalar::<_, i64>("SELECT rid FROM resources WHERE resource_type = $1 AND id = $2")
-                .bind(resource_type)
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-        });
-        let Some(rid) = rid else { return Ok(()) };
+        let Some(rid) = self.rid_of(resource_type, id).await? else { return Ok(()) };
+        self.pending_index.retain(|(owner, _, _)| *owner != rid);
         for table in IndexTable::ALL {
             let sql = format!("DELETE FROM {} WHERE rid = $1", table.name());
             with_tx_conn!(self, conn => {
@@ -286,40 +277,22 @@ impl StoreTx {
         Ok(())
     }
 
-    /// The `rid` of each stored resource named, read with one statement per type and few hundred ids.
-    async fn resource_rids<'a>(
-        &mut self,
-        keys: impl Iterator<Item = (&'a str, &'a str)>,
-    ) -> Result<HashMap<(&'a str, &'a str), i64>> {
-        let mut by_type: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for (resource_type, id) in keys {
-            by_type.entry(resource_type).or_default().insert(id);
+    /// The `rid` of a stored resource: the one its write in this transaction returned, else read.
+    async fn rid_of(&mut self, resource_type: &str, id: &str) -> Result<Option<i64>> {
+        if let Some(rid) = self.rids.get(&(resource_type.to_owned(), id.to_owned())) {
+            return Ok(Some(*rid));
         }
-        let mut rids = HashMap::new();
-        for (resource_type, ids) in by_type {
-            let ids: Vec<&str> = ids.into_iter().collect();
-            for chunk in ids.chunks(INSERT_CHUNK) {
-                let sql = format!(
-                    "SELECT id, rid FROM resources WHERE resource_type = {} AND id IN {}",
-                    crate::tx::placeholder(self, 1),
-                    crate::tx::placeholders(self, 2, chunk.len())
-                );
-                let found: Vec<(String, i64)> = with_tx_conn!(self, conn => {
-                    let mut query = sqlx::query_as(&sql).bind(resource_type);
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    query.fetch_all(&mut *conn).await?
-                });
-                for (id, rid) in found {
-                    // The chunk is sorted (it comes from a set), and the key borrows from it rather than the row.
-                    if let Ok(at) = chunk.binary_search(&id.as_str()) {
-                        rids.insert((resource_type, chunk[at]), rid);
-                    }
-                }
-            }
+        let rid = with_tx_conn!(self, conn => {
+            sqlx::query_scalar::<_, i64>("SELECT rid FROM resources WHERE resource_type = $1 AND id = $2")
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        });
+        if let Some(rid) = rid {
+            self.rids.insert((resource_type.to_owned(), id.to_owned()), rid);
         }
-        Ok(rids)
+        Ok(rid)
     }
 }
 

@@ -12,8 +12,12 @@ pub struct StoreTx {
     pub(crate) store: Store,
     pub(crate) inner: TxInner,
     pub(crate) enqueued_jobs: bool,
-    /// Search index rows waiting to be written in bulk (see `StoreTx::insert_index`).
-    pub(crate) pending_index: Vec<(String, String, crate::IndexRow)>,
+    /// Search index rows waiting to be written in bulk, with their resource's `rid` and their parameter's key (see
+    /// `StoreTx::insert_index`).
+    pub(crate) pending_index: Vec<(i64, i64, crate::IndexRow)>,
+    /// The `rid` of each resource this transaction wrote, as its INSERT or UPDATE returned it: index rows need it,
+    /// and asking the database again would cost a statement per flush.
+    pub(crate) rids: std::collections::HashMap<(String, String), i64>,
     /// Jobs waiting to be inserted in bulk (see `StoreTx::enqueue`).
     pub(crate) pending_jobs: Vec<crate::NewJob>,
 }
@@ -30,6 +34,7 @@ impl StoreTx {
             inner,
             enqueued_jobs: false,
             pending_index: Vec::new(),
+            rids: std::collections::HashMap::new(),
             pending_jobs: Vec::new(),
         })
     }

@@ -243,19 +243,23 @@ impl Candidate {
 async fn upsert_all(tx: &mut store::StoreTx, candidates: Vec<Candidate>) -> Result<Vec<Upsert>, StoreError> {
     let mut outcomes = Vec::with_capacity(candidates.len());
     let mut run: Vec<(Candidate, (String, String))> = Vec::new();
+    // The place in `run` of each resource it holds (a batch holds hundreds).
+    let mut in_run: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
     // Where each candidate's outcome comes from: its place in its run, or the candidate it repeats.
     let mut sources: Vec<Source> = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         let key = type_and_id(&candidate.resource)
             .ok_or_else(|| StoreError::Invalid("resource without resourceType or id".into()))?;
-        if let Some(first) = run.iter().position(|(_, k)| *k == key) {
+        if let Some(&first) = in_run.get(&key) {
             if run[first].0.same_as(&candidate) {
                 sources.push(Source::Repeat { of: outcomes.len() + first, only_if_absent: candidate.only_if_absent });
                 continue;
             }
             outcomes.extend(upsert_run(tx, std::mem::take(&mut run)).await?);
+            in_run.clear();
         }
         sources.push(Source::Run(outcomes.len() + run.len()));
+        in_run.insert(key.clone(), run.len());
         run.push((candidate, key));
     }
     outcomes.extend(upsert_run(tx, run).await?);
