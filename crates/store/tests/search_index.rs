@@ -258,7 +258,36 @@ async fn replace_sort_page_and_delete(db: TestDb) {
     assert_eq!(store.index_row_count("Patient", "p4").await.unwrap(), 450);
 }
 
-for_each_backend!(every_condition_kind, replace_sort_page_and_delete);
+/// Canonical and absolute references are found by their url, and a version narrows the match; local references
+/// (no url) are still found by target, and a url search never matches them.
+async fn references_by_url_and_by_target(db: TestDb) {
+    let store = db.store().await;
+    let canonical = |url: &str, version: Option<&str>| IndexEntry::Reference {
+        target_type: None,
+        target_id: None,
+        url: Some(url.into()),
+        version: version.map(Into::into),
+        identifier_system: None,
+        identifier_value: None,
+    };
+    let hvs = "http://hl7.org/fhir/us/sdoh-clinicalcare/Questionnaire/SDOHCC-QuestionnaireHungerVitalSign";
+    put(&store, "QuestionnaireResponse", "q1", vec![row("questionnaire", canonical(hvs, Some("2.2.0")))]).await;
+    put(&store, "QuestionnaireResponse", "q2", vec![row("questionnaire", canonical(hvs, None))]).await;
+    put(&store, "QuestionnaireResponse", "q3", vec![row("subject", reference("Patient", "p1"))]).await;
+    let by_url = |version: Option<&str>| {
+        vec![vec![m("questionnaire", ValueTest::ReferenceUrl { url: hvs.into(), version: version.map(Into::into) })]]
+    };
+    let mut found = find(&store, "QuestionnaireResponse", by_url(None)).await;
+    found.sort();
+    assert_eq!(found, ["q1", "q2"]);
+    assert_eq!(find(&store, "QuestionnaireResponse", by_url(Some("2.2.0"))).await, ["q1"]);
+    let subject = ValueTest::Reference { target_type: Some("Patient".into()), target_id: "p1".into() };
+    assert_eq!(find(&store, "QuestionnaireResponse", vec![vec![m("subject", subject)]]).await, ["q3"]);
+    let elsewhere = vec![vec![m("subject", ValueTest::ReferenceUrl { url: "Patient/p1".into(), version: None })]];
+    assert!(find(&store, "QuestionnaireResponse", elsewhere).await.is_empty());
+}
+
+for_each_backend!(every_condition_kind, replace_sort_page_and_delete, references_by_url_and_by_target);
 
 /// A fresh SQLite database plans a subject + category search from the subject's reference rows and probes the
 /// category through the owner index: the fixed planner statistics installed at migration, not a measured ANALYZE,
@@ -280,4 +309,15 @@ async fn sqlite_plans_searches_on_the_owner_index_from_the_start() {
     assert!(plan.contains("search_reference_target"), "{plan}");
     assert!(plan.contains("search_token_owner"), "{plan}");
     assert!(!plan.contains("search_token_value"), "{plan}");
+
+    // The url index holds only rows with a url; a search by url still uses it.
+    let url = ValueTest::ReferenceUrl { url: "http://example.org/Questionnaire/q".into(), version: None };
+    let query = SearchQuery {
+        resource_type: "QuestionnaireResponse".into(),
+        clauses: vec![vec![m("questionnaire", url)]],
+        count: 20,
+        ..Default::default()
+    };
+    let plan = store.explain_search(&query).await.unwrap().join("\n");
+    assert!(plan.contains("search_reference_url"), "{plan}");
 }
