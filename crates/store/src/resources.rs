@@ -324,25 +324,23 @@ impl StoreTx {
                        VALUES ($1, $2, $3, $4, $5, $6)";
         let outcome: std::result::Result<i64, sqlx::Error> = with_tx_conn!(self, conn => {
             async {
-                let rid = sqlx::query_scalar(upsert)
-                    .bind(resource_type)
-                    .bind(id)
-                    .bind(version_id)
-                    .bind(last_updated.micros())
-                    .bind(deleted)
-                    .bind(content)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                sqlx::query(history)
-                    .bind(resource_type)
-                    .bind(id)
-                    .bind(version_id)
-                    .bind(last_updated.micros())
-                    .bind(deleted)
-                    .bind(content)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(rid)
+                // The current row's statement returns its rid; the history row's returns nothing.
+                let mut rid = None;
+                for sql in [upsert, history] {
+                    let returned = sqlx::query(sql)
+                        .bind(resource_type)
+                        .bind(id)
+                        .bind(version_id)
+                        .bind(last_updated.micros())
+                        .bind(deleted)
+                        .bind(content)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if let Some(row) = returned {
+                        rid = Some(row.try_get::<i64, _>(0)?);
+                    }
+                }
+                rid.ok_or(sqlx::Error::RowNotFound)
             }
             .await
         });
