@@ -238,7 +238,8 @@ impl StoreTx {
                 values.push_str(&crate::tx::placeholders(self, i * 6 + 1, 6));
             }
             for table in ["resources", "resource_history"] {
-                // The current-version rows return their `rid`s for the index rows that follow.
+                // The current-version rows return their `rid`s for the index rows that follow, each with its type
+                // and id: neither backend promises RETURNING rows in VALUES order.
                 let returning = if table == "resources" { " RETURNING resource_type, id, rid" } else { "" };
                 let sql = format!(
                     "INSERT INTO {table} (resource_type, id, version_id, last_updated_us, deleted, content) \
@@ -442,10 +443,10 @@ impl Store {
         &self,
         keys: &[(&str, &str)],
     ) -> Result<std::collections::HashMap<(String, String), StoredResource>> {
-        let sqlite = matches!(self.pools(), crate::Pools::Sqlite { .. });
+        let backend = self.backend();
         let mut found = std::collections::HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(KEYS_PER_SELECT) {
-            let sql = read_many_sql(chunk.len(), |n| if sqlite { "?".to_owned() } else { format!("${n}") });
+            let sql = read_many_sql(chunk.len(), |n| crate::tx::bind_mark(backend, n));
             let rows = with_read_pool!(self, pool => {
                 let mut query = sqlx::query(&sql);
                 for (resource_type, id) in chunk {

@@ -19,7 +19,7 @@ use crate::{Result, Store, StoreError, StoredResource, with_read_pool};
 /// Rows per multi-row INSERT: well below both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 200;
 /// Index rows a transaction buffers before writing them: a batch of converted messages or normalized screenings
-/// (a few thousand rows) is written at commit with one lookup of its resources' `rid`s, instead of several times.
+/// (a few thousand rows) is written at commit in full multi-row statements rather than in several partial flushes.
 const PENDING_INDEX_ROWS: usize = 5_000;
 
 /// The number that names `resource_type`'s search parameter `param` in the index tables: the top 48 bits of the

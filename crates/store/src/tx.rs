@@ -84,23 +84,40 @@ impl StoreTx {
     }
 }
 
-/// A row of `width` bind placeholders for multi-row INSERTs, numbered from `first`. SQLite gets anonymous `?`:
-/// binding a numbered parameter makes SQLite scan its parameter list by name, which is quadratic over the
-/// thousands of parameters of a bulk insert; PostgreSQL needs `$n`.
-pub(crate) fn placeholders(tx: &StoreTx, first: usize, width: usize) -> String {
-    let marks: Vec<String> = match tx.inner {
-        TxInner::Sqlite(_) => vec!["?".to_owned(); width],
-        TxInner::Postgres(_) => (first..first + width).map(|n| format!("${n}")).collect(),
-    };
-    format!("({})", marks.join(", "))
+/// Bind placeholder number `n` on `backend`. SQLite gets anonymous `?`: binding a numbered parameter makes SQLite
+/// scan its parameter list by name, which is quadratic over the thousands of parameters of a bulk insert;
+/// PostgreSQL needs `$n`.
+pub(crate) fn bind_mark(backend: crate::BackendKind, n: usize) -> String {
+    match backend {
+        crate::BackendKind::Sqlite => "?".to_owned(),
+        crate::BackendKind::Postgres => format!("${n}"),
+    }
 }
 
-/// Bind placeholder number `n` (see [`placeholders`]).
-pub(crate) fn placeholder(tx: &StoreTx, n: usize) -> String {
-    match tx.inner {
-        TxInner::Sqlite(_) => "?".to_owned(),
-        TxInner::Postgres(_) => format!("${n}"),
+/// A row of `width` bind placeholders for multi-row INSERTs, numbered from `first` (see [`bind_mark`]). Built in
+/// one string: a bulk insert asks for one per row.
+pub(crate) fn placeholders(tx: &StoreTx, first: usize, width: usize) -> String {
+    use std::fmt::Write as _;
+    let mut row = String::with_capacity(2 + width * 5);
+    row.push('(');
+    for n in first..first + width {
+        if n > first {
+            row.push_str(", ");
+        }
+        match tx.inner {
+            TxInner::Sqlite(_) => row.push('?'),
+            TxInner::Postgres(_) => {
+                let _ = write!(row, "${n}");
+            }
+        }
     }
+    row.push(')');
+    row
+}
+
+/// Bind placeholder number `n` in this transaction (see [`bind_mark`]).
+pub(crate) fn placeholder(tx: &StoreTx, n: usize) -> String {
+    bind_mark(tx.store.backend(), n)
 }
 
 /// A stable 64-bit hash (FNV-1a): every replica must map a key to the same lock.
